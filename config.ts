@@ -1,0 +1,151 @@
+/**
+ * Every setting, read and validated once. Sources, later ones winning: defaults, the optional JSON config file
+ * (`--config path`, keys are the setting names below), environment variables `TRICKLE_<NAME>` (and DATABASE_URL).
+ * Every bad setting is named in one message.
+ */
+import { z } from "zod";
+import type { LogLevel } from "./engine/log.ts";
+
+export interface Config {
+  databaseUrl: string | null;
+  databases: string[];
+  dataDir: string;
+  host: string;
+  port: number;
+  adminToken: string | null;
+  readToken: string | null;
+  maxWorkers: number;
+  perDatabaseQuota: number;
+  schedulerIntervalMs: number;
+  maxConsecutiveErrors: number;
+  differentialMaxChangeRatio: number;
+  scheduleRecommendationMinSamples: number;
+  scheduleAlertCooldownSeconds: number;
+  metricsPort: number | null;
+  metricsRequestTimeoutMs: number;
+  requestTimeoutMs: number;
+  bodyLimitBytes: number;
+  historyRetentionDays: number;
+  logLevel: LogLevel;
+}
+
+/** Thrown when settings are invalid; the message names each bad one. */
+export class ConfigError extends Error {
+  readonly code = "InvalidConfig";
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n  - ${problems.join("\n  - ")}`);
+    this.name = "ConfigError";
+  }
+}
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+const identifierList = z.preprocess(
+  (v) => typeof v === "string" ? v.split(",").map((s) => s.trim()).filter((s) => s !== "") : v,
+  z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/, "a database name")).min(1),
+);
+const optionalText = z.preprocess((v) => (v === "" ? null : v), z.string().min(1).nullable());
+
+/** Setting name -> [environment variable, schema, default]. */
+const SETTINGS = {
+  databaseUrl: ["DATABASE_URL", optionalText.refine(isPostgresUrl, "a postgres:// URL"), null],
+  databases: ["TRICKLE_DATABASES", identifierList.nullable(), null],
+  dataDir: ["TRICKLE_DATA_DIR", z.string().min(1), "./.trickle"],
+  host: ["TRICKLE_HOST", z.string().min(1), "127.0.0.1"],
+  port: ["TRICKLE_PORT", int(0, 65535), 8080],
+  adminToken: ["TRICKLE_ADMIN_TOKEN", optionalText.refine((v) => v === null || v.length >= 16, "16 characters or more"), null],
+  readToken: ["TRICKLE_READ_TOKEN", optionalText.refine((v) => v === null || v.length >= 16, "16 characters or more"), null],
+  maxWorkers: ["TRICKLE_MAX_WORKERS", int(1, 1024), 4],
+  perDatabaseQuota: ["TRICKLE_PER_DATABASE_QUOTA", int(0, 1024), 0],
+  schedulerIntervalMs: ["TRICKLE_SCHEDULER_INTERVAL_MS", int(10, 3_600_000), 1000],
+  maxConsecutiveErrors: ["TRICKLE_MAX_CONSECUTIVE_ERRORS", int(1, 1000), 3],
+  differentialMaxChangeRatio: ["TRICKLE_DIFFERENTIAL_MAX_CHANGE_RATIO", z.coerce.number().min(0), 0.15],
+  scheduleRecommendationMinSamples: ["TRICKLE_SCHEDULE_RECOMMENDATION_MIN_SAMPLES", int(1, 100_000), 20],
+  scheduleAlertCooldownSeconds: ["TRICKLE_SCHEDULE_ALERT_COOLDOWN_SECONDS", int(0, 86_400 * 7), 300],
+  metricsPort: ["TRICKLE_METRICS_PORT", z.preprocess((v) => (v === "" ? null : v), int(0, 65535).nullable()), null],
+  metricsRequestTimeoutMs: ["TRICKLE_METRICS_REQUEST_TIMEOUT_MS", int(1, 600_000), 5000],
+  requestTimeoutMs: ["TRICKLE_REQUEST_TIMEOUT_MS", int(1, 3_600_000), 30_000],
+  bodyLimitBytes: ["TRICKLE_BODY_LIMIT_BYTES", int(1, 1 << 30), 1 << 20],
+  historyRetentionDays: ["TRICKLE_HISTORY_RETENTION_DAYS", int(1, 3650), 7],
+  logLevel: ["TRICKLE_LOG_LEVEL", z.enum(["debug", "info", "warn", "error"]), "info"],
+} as const;
+
+function isPostgresUrl(v: string | null): boolean {
+  if (v === null) return true;
+  try {
+    const u = new URL(v);
+    return (u.protocol === "postgres:" || u.protocol === "postgresql:") && u.hostname !== "";
+  } catch {
+    return false;
+  }
+}
+
+export interface LoadOptions {
+  env?: Record<string, string | undefined>;
+  args?: string[];
+}
+
+/** Reads and validates every setting; throws ConfigError naming each bad one. */
+export async function loadConfig(options: LoadOptions = {}): Promise<Config> {
+  const env = options.env ?? Deno.env.toObject();
+  const args = options.args ?? Deno.args;
+  const problems: string[] = [];
+  let file: Record<string, unknown> = {};
+  const configPath = flagValue(args, "--config");
+  if (configPath !== null) {
+    try {
+      const parsed: unknown = JSON.parse(await Deno.readTextFile(configPath));
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+        problems.push(`--config ${configPath}: expected a JSON object`);
+      } else {
+        file = parsed as Record<string, unknown>;
+        for (const key of Object.keys(file)) {
+          if (!(key in SETTINGS)) problems.push(`--config ${configPath}: unknown setting "${key}"`);
+        }
+      }
+    } catch (e) {
+      problems.push(`--config ${configPath}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, [variable, schema, fallback]] of Object.entries(SETTINGS)) {
+    const raw = env[variable] !== undefined ? env[variable] : key in file ? file[key] : fallback;
+    const result = (schema as z.ZodType).safeParse(raw);
+    if (result.success) {
+      out[key] = result.data;
+    } else {
+      const source = env[variable] !== undefined ? variable : key in file ? `"${key}" in ${configPath}` : key;
+      // The value itself is not echoed: it may be a token or a URL with a password.
+      problems.push(`${source}: ${result.error.issues.map((i) => i.message).join("; ")}`);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  const config = out as unknown as Config;
+  if (config.databases === null || (config.databases as string[] | null)?.length === 0) {
+    config.databases = [defaultDatabase(config.databaseUrl)];
+  }
+  if (config.adminToken === null && config.readToken !== null) {
+    throw new ConfigError(["TRICKLE_READ_TOKEN is set without TRICKLE_ADMIN_TOKEN: writes would be unprotected"]);
+  }
+  return config;
+}
+
+function flagValue(args: string[], flag: string): string | null {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === flag) return args[i + 1] ?? null;
+    if (a.startsWith(flag + "=")) return a.slice(flag.length + 1);
+  }
+  return null;
+}
+
+/** The database named in the URL's path, else `postgres`. */
+export function defaultDatabase(url: string | null): string {
+  if (url === null) return "postgres";
+  const path = decodeURIComponent(new URL(url).pathname.replace(/^\//, ""));
+  return path === "" ? "postgres" : path;
+}
+
+/** True when the service must refuse to listen beyond loopback: no token protects it. */
+export function isOpen(config: Pick<Config, "adminToken">): boolean {
+  return config.adminToken === null;
+}

@@ -1,0 +1,80 @@
+/**
+ * The migration runner: numbered files in sql/migrations/, forward-only, each applied in its own transaction and
+ * recorded in pgtrickle.pgt_schema_version. A transaction-scoped advisory lock serialises concurrent runners, so
+ * two instances starting at once both succeed: the second finds the work done.
+ */
+import type { Sql } from "./pool.ts";
+import { serverVersion } from "./pool.ts";
+
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+const MIGRATIONS_DIR = new URL("../sql/migrations/", import.meta.url);
+/** Key of the advisory lock held while migrating (arbitrary, fixed). */
+const MIGRATION_LOCK = 7_417_001;
+export const MIN_SERVER_VERSION = 150000;
+
+/** Reads the migration files in version order. */
+export async function loadMigrations(dir: URL = MIGRATIONS_DIR): Promise<Migration[]> {
+  const out: Migration[] = [];
+  for await (const entry of Deno.readDir(dir)) {
+    const m = /^(\d{4})_([a-z0-9_]+)\.sql$/.exec(entry.name);
+    if (!entry.isFile || m === null) continue;
+    out.push({ version: Number(m[1]), name: m[2]!, sql: await Deno.readTextFile(new URL(entry.name, dir)) });
+  }
+  out.sort((a, b) => a.version - b.version);
+  out.forEach((m, i) => {
+    if (m.version !== i + 1) throw new Error(`Migration numbering has a gap or a duplicate at ${m.version}_${m.name}`);
+  });
+  return out;
+}
+
+/** The newest schema version this build knows. */
+export async function latestVersion(): Promise<number> {
+  const all = await loadMigrations();
+  return all.at(-1)?.version ?? 0;
+}
+
+/** Refuses servers older than PostgreSQL 15 with a message that says which version was found. */
+export async function checkServerVersion(sql: Sql): Promise<number> {
+  const v = await serverVersion(sql);
+  if (v < MIN_SERVER_VERSION) {
+    const [row] = await sql<{ v: string }[]>`SELECT current_setting('server_version') AS v`;
+    throw new Error(`trickle needs PostgreSQL 15 or later; this server is ${row!.v}`);
+  }
+  return v;
+}
+
+/** Applies every pending migration; returns the versions applied by this call. */
+export async function migrate(sql: Sql, migrations?: Migration[]): Promise<number[]> {
+  await checkServerVersion(sql);
+  const all = migrations ?? await loadMigrations();
+  const applied: number[] = [];
+  for (const m of all) {
+    const done = await sql.begin(async (tx) => {
+      await tx`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`;
+      await tx`CREATE SCHEMA IF NOT EXISTS pgtrickle`;
+      await tx`CREATE TABLE IF NOT EXISTS pgtrickle.pgt_schema_version (
+        version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`;
+      const [row] = await tx`SELECT 1 FROM pgtrickle.pgt_schema_version WHERE version = ${m.version}`;
+      if (row !== undefined) return false;
+      // Migration files are part of this build, never request text.
+      await tx.unsafe(m.sql);
+      await tx`INSERT INTO pgtrickle.pgt_schema_version (version, name) VALUES (${m.version}, ${m.name})`;
+      return true;
+    });
+    if (done) applied.push(m.version);
+  }
+  return applied;
+}
+
+/** The schema version installed in the database (0 when none). */
+export async function installedVersion(sql: Sql): Promise<number> {
+  const [exists] = await sql`SELECT to_regclass('pgtrickle.pgt_schema_version') IS NOT NULL AS ok`;
+  if (exists?.ok !== true) return 0;
+  const [row] = await sql<{ v: number }[]>`SELECT coalesce(max(version), 0) AS v FROM pgtrickle.pgt_schema_version`;
+  return Number(row?.v ?? 0);
+}

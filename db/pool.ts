@@ -1,0 +1,37 @@
+/** The one place that creates postgres.js clients: one pool per managed database. */
+import postgres from "postgres";
+
+export type Sql = postgres.Sql;
+export type Tx = postgres.TransactionSql;
+
+export interface PoolOptions {
+  max?: number;
+  applicationName?: string;
+}
+
+/** The URL with its database replaced. */
+export function urlForDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = "/" + encodeURIComponent(database);
+  return u.toString();
+}
+
+/** A pool on `url`; int8 and numeric counts come back as JS numbers (catalog values stay far below 2^53). */
+export function connect(url: string, options: PoolOptions = {}): Sql {
+  return postgres(url, {
+    max: options.max ?? 10,
+    idle_timeout: 30,
+    connect_timeout: 10,
+    onnotice: () => {},
+    connection: { application_name: options.applicationName ?? "trickle" },
+    types: {
+      bigint: { to: 20, from: [20], serialize: (x: number) => String(x), parse: (x: string) => Number(x) },
+    },
+  });
+}
+
+/** Server version as an integer (150004 for 15.4). */
+export async function serverVersion(sql: Sql): Promise<number> {
+  const [row] = await sql<{ v: string }[]>`SELECT current_setting('server_version_num') AS v`;
+  return Number(row!.v);
+}

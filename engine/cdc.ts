@@ -1,0 +1,128 @@
+/**
+ * Change capture (DESIGN.md section 6). Each source table gets statement-level AFTER triggers with transition
+ * tables that append to one buffer per source, `pgtrickle_changes.changes_<relid>`, shared by every stream table
+ * reading it: `xid` (the writing transaction, xid8), `action` ('I', 'D', 'T' for TRUNCATE) and the source's columns.
+ * An UPDATE is a 'D' of the old row and an 'I' of the new one.
+ *
+ * The delta of a refresh with snapshot S since frontier F is the buffer rows visible in S whose xid is not visible
+ * in F. Buffers are pruned below the oldest frontier xmin of every consumer.
+ */
+import type { Tx } from "../db/pool.ts";
+import { quoteIdent, quoteLiteral } from "../db/identifiers.ts";
+import type { SourceRef } from "./refresh/plan.ts";
+
+/** Advisory lock class for capture installation on one source (arbitrary, fixed). */
+const CAPTURE_LOCK = 7_417_002;
+
+/** Fully qualified, quoted name of a source's change buffer. */
+export function bufferName(relid: number): string {
+  return `pgtrickle_changes.${quoteIdent(`changes_${relid}`)}`;
+}
+
+/**
+ * Installs change capture on `source` unless it is there already. Must run in its own committed transaction before
+ * the first refresh reads the source: CREATE TRIGGER waits for writers in flight, so every change committed after
+ * that refresh's snapshot is in the buffer.
+ */
+export async function installCapture(tx: Tx, source: SourceRef): Promise<boolean> {
+  await tx`SELECT pg_advisory_xact_lock(${CAPTURE_LOCK}, ${source.relid}::int4)`;
+  const [exists] = await tx`SELECT 1 FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${source.relid}`;
+  if (exists !== undefined) return false;
+  const buffer = bufferName(source.relid);
+  const fn = `pgtrickle_changes.${quoteIdent(`capture_${source.relid}`)}`;
+  const table = `${quoteIdent(source.schema)}.${quoteIdent(source.name)}`;
+  const cols = source.columns.map((c) => quoteIdent(c.name));
+  const colDefs = source.columns.map((c) => `${quoteIdent(c.name)} ${c.type}`);
+  const list = cols.join(", ");
+  const into = `INSERT INTO ${buffer} (action${cols.length > 0 ? ", " + list : ""})`;
+  const from = (action: string, rows: string) => `SELECT ${quoteLiteral(action)}${cols.length > 0 ? ", " + list : ""} FROM ${rows}`;
+  // Everything below is built from catalog names and types, each quoted; nothing comes from a request.
+  await tx.unsafe(`
+    CREATE TABLE ${buffer} (
+      change_id bigint GENERATED ALWAYS AS IDENTITY,
+      xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+      action char(1) NOT NULL${colDefs.length > 0 ? ",\n      " + colDefs.join(",\n      ") : ""}
+    ) WITH (autovacuum_vacuum_scale_factor = 0.01);
+    CREATE INDEX ON ${buffer} (xid);
+    CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+      IF TG_OP = 'INSERT' THEN
+        ${into} ${from("I", "pgt_new")};
+      ELSIF TG_OP = 'UPDATE' THEN
+        ${into} ${from("D", "pgt_old")} UNION ALL ${from("I", "pgt_new")};
+      ELSIF TG_OP = 'DELETE' THEN
+        ${into} ${from("D", "pgt_old")};
+      ELSE
+        INSERT INTO ${buffer} (action) VALUES ('T');
+      END IF;
+      RETURN NULL;
+    END
+    $body$;
+    CREATE TRIGGER pgt_capture_ins AFTER INSERT ON ${table}
+      REFERENCING NEW TABLE AS pgt_new FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
+    CREATE TRIGGER pgt_capture_upd AFTER UPDATE ON ${table}
+      REFERENCING OLD TABLE AS pgt_old NEW TABLE AS pgt_new FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
+    CREATE TRIGGER pgt_capture_del AFTER DELETE ON ${table}
+      REFERENCING OLD TABLE AS pgt_old FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
+    CREATE TRIGGER pgt_capture_trunc AFTER TRUNCATE ON ${table}
+      FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
+  `);
+  await tx`INSERT INTO pgtrickle.pgt_change_buffers (source_relid, source_schema, source_name, columns)
+    VALUES (${source.relid}, ${source.schema}, ${source.name}, ${tx.json(source.columns as never)})`;
+  return true;
+}
+
+/** Removes capture from a source that no stream table reads any more (the source itself may be gone). */
+export async function removeCaptureIfUnused(tx: Tx, relid: number): Promise<boolean> {
+  await tx`SELECT pg_advisory_xact_lock(${CAPTURE_LOCK}, ${relid}::int4)`;
+  const [used] = await tx`SELECT 1 FROM pgtrickle.pgt_dependencies WHERE source_relid = ${relid} LIMIT 1`;
+  if (used !== undefined) return false;
+  const [buf] = await tx<{ schema: string; name: string }[]>`
+    SELECT source_schema AS schema, source_name AS name FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${relid}`;
+  if (buf === undefined) return false;
+  const [rel] = await tx`SELECT 1 FROM pg_class WHERE oid = ${relid}`;
+  const fn = `pgtrickle_changes.${quoteIdent(`capture_${relid}`)}`;
+  if (rel !== undefined) {
+    const [row] = await tx<{ q: string }[]>`SELECT ${relid}::oid::regclass::text AS q`;
+    // regclass::text is the server's own quoted rendering of the table name.
+    const table = row!.q;
+    await tx.unsafe(`
+      DROP TRIGGER IF EXISTS pgt_capture_ins ON ${table};
+      DROP TRIGGER IF EXISTS pgt_capture_upd ON ${table};
+      DROP TRIGGER IF EXISTS pgt_capture_del ON ${table};
+      DROP TRIGGER IF EXISTS pgt_capture_trunc ON ${table};`);
+  }
+  await tx.unsafe(`DROP FUNCTION IF EXISTS ${fn}() CASCADE; DROP TABLE IF EXISTS ${bufferName(relid)};`);
+  await tx`DELETE FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${relid}`;
+  return true;
+}
+
+export interface DeltaStats {
+  rows: number;
+  truncated: boolean;
+}
+
+/** Counts the delta of one source since `frontier`, as seen by the transaction's snapshot. */
+export async function deltaStats(tx: Tx, relid: number, frontier: string): Promise<DeltaStats> {
+  // bufferName is built from an integer oid and quoted.
+  const [row] = await tx.unsafe<{ rows: number; truncated: boolean }[]>(
+    `SELECT count(*)::int8 AS rows, coalesce(bool_or(action = 'T'), false) AS truncated FROM ${bufferName(relid)}
+     WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot)`,
+    [frontier],
+  );
+  return { rows: Number(row!.rows), truncated: row!.truncated };
+}
+
+/**
+ * Deletes buffer rows no consumer needs: those below the oldest frontier xmin among the stream tables reading the
+ * source. A consumer without a frontier yet pins everything. Returns the rows deleted.
+ */
+export async function pruneBuffer(tx: Tx, relid: number): Promise<number> {
+  const [row] = await tx<{ horizon: string | null; pinned: boolean }[]>`
+    SELECT min(pg_snapshot_xmin(s.frontier))::text AS horizon, bool_or(s.frontier IS NULL) AS pinned
+    FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
+    WHERE d.source_relid = ${relid}`;
+  if (row === undefined || row.horizon === null || row.pinned) return 0;
+  const result = await tx.unsafe(`DELETE FROM ${bufferName(relid)} WHERE xid < $1::xid8`, [row.horizon]);
+  return result.count;
+}

@@ -1,0 +1,21 @@
+/** What engine operations on one managed database need. */
+import type { Sql } from "../db/pool.ts";
+import type { Clock } from "./clock.ts";
+import type { Logger } from "./log.ts";
+
+export interface EngineSettings {
+  maxConsecutiveErrors: number;
+  differentialMaxChangeRatio: number;
+  historyRetentionDays: number;
+}
+
+export interface DatabaseContext {
+  /** The database's name, as configured. */
+  name: string;
+  /** Its OID in the cluster (metrics and cluster views label by it). */
+  oid: number;
+  sql: Sql;
+  settings: EngineSettings;
+  log: Logger;
+  clock: Clock;
+}

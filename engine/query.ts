@@ -1,0 +1,133 @@
+/**
+ * What a defining query reads and returns, asked of PostgreSQL itself: the query is parsed by PostgreSQL's parser
+ * (libpg-query) to be sure it is one SELECT, then defined as a temporary view inside a rolled-back transaction, so
+ * the server resolves every name, reports errors with their position, and records the tables it depends on.
+ */
+import { parse } from "libpg-query";
+import type { Sql, Tx } from "../db/pool.ts";
+import { isPgError } from "../db/errors.ts";
+import { invalidQuery } from "./errors.ts";
+import type { Column, QueryDescription, SourceRef } from "./refresh/plan.ts";
+
+const PROBE_PREFIX = "CREATE TEMPORARY VIEW pgt_probe AS ";
+/** Rolls the probe transaction back once the description is read. */
+class Rollback extends Error {}
+
+/** Checks that `query` is exactly one SELECT (no INTO); returns its parse tree. */
+export async function parseSelect(query: string): Promise<Record<string, unknown>> {
+  let tree;
+  try {
+    tree = await parse(query);
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    const position = (e as { sqlDetails?: { cursorPosition?: number } }).sqlDetails?.cursorPosition;
+    throw invalidQuery(`The defining query is not valid SQL: ${message}`, {
+      ...(position === undefined ? {} : { position: position + 1 }),
+    });
+  }
+  const stmts = tree.stmts ?? [];
+  if (stmts.length !== 1) {
+    throw invalidQuery(`The defining query must be exactly one SELECT statement; found ${stmts.length} statements`);
+  }
+  const stmt = stmts[0]!.stmt as Record<string, unknown> | undefined;
+  const select = stmt?.["SelectStmt"] as Record<string, unknown> | undefined;
+  if (select === undefined) {
+    throw invalidQuery(`The defining query must be a SELECT; found ${Object.keys(stmt ?? {})[0] ?? "nothing"}`);
+  }
+  if (select["intoClause"] !== undefined) throw invalidQuery("The defining query must not use SELECT ... INTO");
+  return select;
+}
+
+/** Asks PostgreSQL for the query's output columns and source tables; throws InvalidQuery with the server's words. */
+export async function describeQuery(sql: Sql | Tx, query: string): Promise<QueryDescription> {
+  await parseSelect(query);
+  let description: QueryDescription | undefined;
+  const run = async (tx: Tx) => {
+    try {
+      // The query is SQL by design (creating a stream table needs the admin token); it was checked above to be a
+      // single SELECT, and the extended protocol (simple: false) refuses a second statement in any case.
+      await tx.unsafe(PROBE_PREFIX + query, [], { simple: false } as never);
+    } catch (e) {
+      if (isPgError(e)) {
+        const position = e.position === undefined ? undefined : Number(e.position) - PROBE_PREFIX.length;
+        throw invalidQuery(`The defining query is not valid: ${e.message}`, {
+          sqlstate: e.code,
+          ...(position !== undefined && position > 0 ? { position } : {}),
+        });
+      }
+      throw e;
+    }
+    const columns = await tx<Column[]>`
+      SELECT attname AS name, format_type(atttypid, atttypmod) AS type
+      FROM pg_attribute WHERE attrelid = 'pg_temp.pgt_probe'::regclass AND attnum > 0 ORDER BY attnum`;
+    for (const c of columns) {
+      if (c.name === "?column?") {
+        throw invalidQuery("Every output column of the defining query needs a name: add an alias (expr AS name)");
+      }
+      if (c.name.startsWith("__pgt_")) {
+        throw invalidQuery(`Output column "${c.name}": names starting with "__pgt_" are reserved for trickle`);
+      }
+    }
+    const rels = await tx<{ relid: number; schema: string; name: string; relkind: string }[]>`
+      SELECT DISTINCT c.oid::int8 AS relid, n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind
+      FROM pg_depend d
+      JOIN pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_rewrite'::regclass
+      JOIN pg_class c ON c.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE r.ev_class = 'pg_temp.pgt_probe'::regclass AND c.oid <> 'pg_temp.pgt_probe'::regclass
+      ORDER BY 2, 3`;
+    const sources: SourceRef[] = [];
+    for (const rel of rels) {
+      const qualified = `${rel.schema}.${rel.name}`;
+      if (rel.relkind !== "r" && rel.relkind !== "p") {
+        const kind = { v: "a view", m: "a materialized view", f: "a foreign table", S: "a sequence" }[rel.relkind] ??
+          `a relation of kind "${rel.relkind}"`;
+        throw invalidQuery(`The defining query reads "${qualified}", which is ${kind}; stream tables read tables`);
+      }
+      if (["pg_catalog", "information_schema", "pgtrickle", "pgtrickle_changes"].includes(rel.schema)) {
+        throw invalidQuery(`The defining query reads "${qualified}": system and trickle tables cannot be sources`);
+      }
+      if (rel.schema.startsWith("pg_temp")) {
+        throw invalidQuery(`The defining query reads the temporary table "${rel.name}"`);
+      }
+      sources.push(await describeSource(tx, rel));
+    }
+    if (sources.length === 0) throw invalidQuery("The defining query reads no table; a stream table needs a source");
+    description = { columns: [...columns], sources };
+    throw new Rollback();
+  };
+  try {
+    await (typeof (sql as Tx).savepoint === "function" ? (sql as Tx).savepoint(run) : (sql as Sql).begin(run));
+  } catch (e) {
+    if (!(e instanceof Rollback)) throw e;
+  }
+  return description!;
+}
+
+/** Columns, primary key and (when it is one) stream table id of a source table. */
+export async function describeSource(
+  sql: Sql | Tx,
+  rel: { relid: number; schema: string; name: string },
+): Promise<SourceRef> {
+  const columns = await sql<Column[]>`
+    SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+    WHERE attrelid = ${rel.relid} AND attnum > 0 AND NOT attisdropped ORDER BY attnum`;
+  const pk = await sql<{ name: string }[]>`
+    SELECT a.attname AS name FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = ${rel.relid} AND i.indisprimary ORDER BY k.ord`;
+  const [st] = await sql<{ pgt_id: number; unique_key: string[] | null }[]>`
+    SELECT pgt_id, (SELECT array_agg(k) FROM jsonb_array_elements_text(plan->'uniqueKey') k) AS unique_key
+    FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ${rel.relid}`;
+  return {
+    relid: rel.relid,
+    schema: rel.schema,
+    name: rel.name,
+    // A stream table has no primary key; its engine-maintained unique key plays that part.
+    primaryKey: st !== undefined ? (st.unique_key ?? []) : pk.map((r) => r.name),
+    columns: [...columns],
+    bufferTable: `changes_${rel.relid}`,
+    streamTableId: st?.pgt_id ?? null,
+  };
+}

@@ -1,0 +1,291 @@
+/**
+ * One refresh of one stream table (DESIGN.md sections 6 and 7). It runs in a single REPEATABLE READ transaction
+ * whose snapshot S becomes the new frontier: the content written and `frontier = S` commit together, so a crash or
+ * a rollback leaves the last committed state. The catalog row is locked first, so one stream table never refreshes
+ * twice at once; a concurrent change to it makes the transaction fail with a serialization error and retry.
+ */
+import type { Tx } from "../../db/pool.ts";
+import { isPgError, LOCK_NOT_AVAILABLE, withRetry } from "../../db/errors.ts";
+import { type StreamTableRow, lockStreamTable } from "../catalog.ts";
+import { deltaStats, pruneBuffer } from "../cdc.ts";
+import type { DatabaseContext } from "../context.ts";
+import { TrickleError } from "../errors.ts";
+import { applyFull } from "./full.ts";
+import { applyDifferential } from "./differential.ts";
+
+export type Initiator = "CREATE" | "SCHEDULER" | "MANUAL";
+export type Action = "FULL" | "DIFFERENTIAL" | "NO_DATA";
+
+export interface RefreshResult {
+  pgt_id: number;
+  action: Action;
+  reason: string | null;
+  rows_inserted: number;
+  rows_deleted: number;
+  delta_rows: number;
+  duration_ms: number;
+  frontier: string;
+}
+
+export interface RefreshOptions {
+  initiatedBy: Initiator;
+  /** Give up at once when another refresh of the same stream table is running (the scheduler's way). */
+  skipIfBusy?: boolean;
+}
+
+/** Thrown (and not recorded as a failure) when `skipIfBusy` finds the stream table being refreshed. */
+export class RefreshBusy extends TrickleError {
+  constructor(pgtId: number) {
+    super("RefreshInProgress", 409, `Stream table ${pgtId} is being refreshed by another worker`);
+  }
+}
+
+interface Decision {
+  action: Action;
+  reason: string | null;
+  deltaRows: number;
+}
+
+/** Chooses FULL, DIFFERENTIAL or NO_DATA for a refresh; pure, for tests. */
+export function chooseAction(input: {
+  mode: "FULL" | "DIFFERENTIAL";
+  hasFrontier: boolean;
+  deltaRows: number;
+  truncated: boolean;
+  sourceRows: number;
+  maxChangeRatio: number;
+  predictedDiffMs: number | null;
+  predictedFullMs: number | null;
+}): Decision {
+  const d = input.deltaRows;
+  if (!input.hasFrontier) return { action: "FULL", reason: "initial refresh", deltaRows: d };
+  if (d === 0) return { action: "NO_DATA", reason: null, deltaRows: 0 };
+  if (input.mode === "FULL") return { action: "FULL", reason: "refresh mode FULL", deltaRows: d };
+  if (input.truncated) return { action: "FULL", reason: "a source was truncated", deltaRows: d };
+  const ratio = d / Math.max(1, input.sourceRows);
+  if (ratio > input.maxChangeRatio) {
+    return {
+      action: "FULL",
+      reason: `${d} changed rows are ${(ratio * 100).toFixed(1)}% of the sources' ${input.sourceRows} rows, ` +
+        `above differential_max_change_ratio ${input.maxChangeRatio}`,
+      deltaRows: d,
+    };
+  }
+  if (input.predictedDiffMs !== null && input.predictedFullMs !== null && input.predictedDiffMs > input.predictedFullMs) {
+    return {
+      action: "FULL",
+      reason: `cost history predicts DIFFERENTIAL ${input.predictedDiffMs.toFixed(1)} ms > FULL ` +
+        `${input.predictedFullMs.toFixed(1)} ms`,
+      deltaRows: d,
+    };
+  }
+  return { action: "DIFFERENTIAL", reason: null, deltaRows: d };
+}
+
+/** Refreshes one stream table now; records history; counts failures toward ERROR. */
+export async function refreshStreamTable(
+  ctx: DatabaseContext,
+  pgtId: number,
+  options: RefreshOptions,
+): Promise<RefreshResult> {
+  const startedAt = ctx.clock.now();
+  const t0 = performance.now();
+  let sources: number[] = [];
+  let attempted: Action = "FULL";
+  try {
+    const result = await withRetry(() =>
+      ctx.sql.begin("isolation level repeatable read", async (tx) => {
+        const st = await lockOrSkip(tx, pgtId, options);
+        const [snap] = await tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`;
+        sources = await sourceRelids(tx, pgtId);
+        const decision = await decide(ctx, tx, st, sources);
+        attempted = decision.action;
+        const target = { schema: st.pgt_schema, name: st.pgt_name };
+        let counts = { inserted: 0, deleted: 0 };
+        if (decision.action === "FULL") {
+          counts = await applyFull(tx, { plan: st.plan, target });
+        } else if (decision.action === "DIFFERENTIAL") {
+          const r = await applyDifferential(tx, { plan: st.plan, target, frontier: st.frontier! });
+          counts = { inserted: r.inserted, deleted: r.deleted };
+        }
+        const durationMs = performance.now() - t0;
+        const rowCount = decision.action === "FULL" ? counts.inserted : st.row_count + counts.inserted - counts.deleted;
+        await tx`
+          UPDATE pgtrickle.pgt_stream_tables SET
+            frontier = ${snap!.s}::pg_snapshot,
+            row_count = ${rowCount},
+            last_refresh_at = ${startedAt},
+            last_full_ms = ${decision.action === "FULL" ? durationMs : st.last_full_ms},
+            last_diff_ms = ${decision.action === "DIFFERENTIAL" ? durationMs : st.last_diff_ms},
+            consecutive_errors = 0,
+            last_error = NULL,
+            status = CASE WHEN status = 'INITIALIZING' THEN 'ACTIVE' ELSE status END,
+            updated_at = now()
+          WHERE pgt_id = ${pgtId}`;
+        await tx`
+          INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, finished_at, duration_ms, action, status,
+            rows_inserted, rows_deleted, delta_rows, initiated_by, reason)
+          VALUES (${pgtId}, ${startedAt}, ${new Date(startedAt.getTime() + durationMs)}, ${durationMs},
+            ${decision.action}, 'SUCCESS', ${counts.inserted}, ${counts.deleted}, ${decision.deltaRows},
+            ${options.initiatedBy}, ${decision.reason})`;
+        return {
+          pgt_id: pgtId,
+          action: decision.action,
+          reason: decision.reason,
+          rows_inserted: counts.inserted,
+          rows_deleted: counts.deleted,
+          delta_rows: decision.deltaRows,
+          duration_ms: durationMs,
+          frontier: snap!.s,
+        } satisfies RefreshResult;
+      })
+    );
+    await prune(ctx, sources);
+    return result;
+  } catch (e) {
+    if (e instanceof RefreshBusy || (e instanceof TrickleError && e.code === "StreamTableNotFound")) throw e;
+    await recordFailure(ctx, pgtId, { error: e, startedAt, durationMs: performance.now() - t0, options, attempted });
+    throw e;
+  }
+}
+
+async function lockOrSkip(tx: Tx, pgtId: number, options: RefreshOptions): Promise<StreamTableRow> {
+  try {
+    const st = await lockStreamTable(tx, pgtId, { nowait: options.skipIfBusy ?? false });
+    if (st === undefined) throw new TrickleError("StreamTableNotFound", 404, `Stream table ${pgtId} no longer exists`);
+    return st;
+  } catch (e) {
+    if (isPgError(e) && e.code === LOCK_NOT_AVAILABLE) throw new RefreshBusy(pgtId);
+    throw e;
+  }
+}
+
+async function sourceRelids(tx: Tx, pgtId: number): Promise<number[]> {
+  const rows = await tx<{ relid: number }[]>`
+    SELECT source_relid::int8 AS relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = ${pgtId}`;
+  return rows.map((r) => r.relid);
+}
+
+async function decide(ctx: DatabaseContext, tx: Tx, st: StreamTableRow, sources: number[]): Promise<Decision> {
+  if (st.frontier === null) {
+    return chooseAction({
+      mode: st.effective_refresh_mode,
+      hasFrontier: false,
+      deltaRows: 0,
+      truncated: false,
+      sourceRows: 0,
+      maxChangeRatio: ctx.settings.differentialMaxChangeRatio,
+      predictedDiffMs: null,
+      predictedFullMs: null,
+    });
+  }
+  let deltaRows = 0;
+  let truncated = false;
+  for (const relid of sources) {
+    const s = await deltaStats(tx, relid, st.frontier);
+    deltaRows += s.rows;
+    truncated ||= s.truncated;
+  }
+  let sourceRows = 0;
+  let predictedDiffMs: number | null = null;
+  let predictedFullMs: number | null = null;
+  if (deltaRows > 0 && st.effective_refresh_mode === "DIFFERENTIAL" && !truncated) {
+    const [size] = await tx<{ n: number }[]>`
+      SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::float8 AS n FROM pg_class c WHERE c.oid = ANY(${sources}::oid[])`;
+    sourceRows = size!.n;
+    if (sourceRows < deltaRows) {
+      // Never analysed (reltuples -1) or stale statistics: count exactly; such tables are small.
+      sourceRows = 0;
+      for (const relid of sources) {
+        // regclass::text is the server's own quoted rendering of the table's name.
+        const [r] = await tx.unsafe<{ n: number }[]>(`SELECT count(*)::int8 AS n FROM ${await regclassText(tx, relid)}`);
+        sourceRows += r!.n;
+      }
+    }
+    const costs = await costEstimate(tx, st.pgt_id);
+    if (costs.msPerDeltaRow !== null) predictedDiffMs = costs.msPerDeltaRow * deltaRows;
+    predictedFullMs = costs.fullMs;
+  }
+  return chooseAction({
+    mode: st.effective_refresh_mode,
+    hasFrontier: true,
+    deltaRows,
+    truncated,
+    sourceRows,
+    maxChangeRatio: ctx.settings.differentialMaxChangeRatio,
+    predictedDiffMs,
+    predictedFullMs,
+  });
+}
+
+async function regclassText(tx: Tx, relid: number): Promise<string> {
+  const [row] = await tx<{ q: string }[]>`SELECT ${relid}::oid::regclass::text AS q`;
+  return row!.q;
+}
+
+/** Medians over the last 20 successful refreshes of each kind: ms per delta row (DIFFERENTIAL) and ms (FULL). */
+async function costEstimate(tx: Tx, pgtId: number): Promise<{ msPerDeltaRow: number | null; fullMs: number | null }> {
+  const [row] = await tx<{ per_row: number | null; full_ms: number | null; n_diff: number; n_full: number }[]>`
+    WITH recent AS (
+      SELECT action, duration_ms, delta_rows,
+        row_number() OVER (PARTITION BY action ORDER BY refresh_id DESC) AS rn
+      FROM pgtrickle.pgt_refresh_history
+      WHERE pgt_id = ${pgtId} AND status = 'SUCCESS' AND action IN ('FULL', 'DIFFERENTIAL')
+    )
+    SELECT
+      percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms / greatest(delta_rows, 1))
+        FILTER (WHERE action = 'DIFFERENTIAL') AS per_row,
+      percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE action = 'FULL') AS full_ms,
+      count(*) FILTER (WHERE action = 'DIFFERENTIAL')::int8 AS n_diff,
+      count(*) FILTER (WHERE action = 'FULL')::int8 AS n_full
+    FROM recent WHERE rn <= 20`;
+  // Too few samples say little: decide on the change ratio alone until there are five of each.
+  if (row === undefined || row.n_diff < 5 || row.n_full < 5) return { msPerDeltaRow: null, fullMs: null };
+  return { msPerDeltaRow: row.per_row, fullMs: row.full_ms };
+}
+
+async function prune(ctx: DatabaseContext, sources: number[]): Promise<void> {
+  for (const relid of sources) {
+    try {
+      await ctx.sql.begin((tx) => pruneBuffer(tx, relid));
+    } catch (e) {
+      ctx.log.warn("buffer prune failed", { source_relid: relid, error: e });
+    }
+  }
+}
+
+async function recordFailure(
+  ctx: DatabaseContext,
+  pgtId: number,
+  f: { error: unknown; startedAt: Date; durationMs: number; options: RefreshOptions; attempted: Action },
+): Promise<void> {
+  const message = f.error instanceof Error ? f.error.message : String(f.error);
+  try {
+    await ctx.sql.begin(async (tx) => {
+      const [row] = await tx<{ consecutive_errors: number; status: string }[]>`
+        UPDATE pgtrickle.pgt_stream_tables SET
+          consecutive_errors = consecutive_errors + 1,
+          last_error = ${message},
+          status = CASE WHEN consecutive_errors + 1 >= ${ctx.settings.maxConsecutiveErrors} AND status <> 'SUSPENDED'
+            THEN 'ERROR' ELSE status END,
+          updated_at = now()
+        WHERE pgt_id = ${pgtId}
+        RETURNING consecutive_errors, status`;
+      if (row === undefined) return;
+      await tx`
+        INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, finished_at, duration_ms, action, status,
+          initiated_by, error)
+        VALUES (${pgtId}, ${f.startedAt}, ${new Date(f.startedAt.getTime() + f.durationMs)}, ${f.durationMs},
+          ${f.attempted}, 'FAILED', ${f.options.initiatedBy}, ${message})`;
+      ctx.log.warn("refresh failed", {
+        pgt_id: pgtId,
+        consecutive_errors: row.consecutive_errors,
+        status: row.status,
+        error: message,
+      });
+    });
+  } catch (e) {
+    ctx.log.error("could not record a refresh failure", { pgt_id: pgtId, error: e });
+  }
+}
+

@@ -1,0 +1,180 @@
+/** Creating, altering and dropping stream tables (the catalog's writes). */
+import type { Tx } from "../db/pool.ts";
+import { DUPLICATE_TABLE, isPgError, isQueryError, UNIQUE_VIOLATION } from "../db/errors.ts";
+import { displayName, type QualifiedName, quoteIdent, quoteQualified } from "../db/identifiers.ts";
+import { findStreamTable, listDependencies, lockStreamTable, type RefreshMode, type StreamTableRow } from "./catalog.ts";
+import { installCapture, removeCaptureIfUnused } from "./cdc.ts";
+import type { DatabaseContext } from "./context.ts";
+import { conflict, invalidQuery, streamTableExists, streamTableNotFound, TrickleError, unsupportedQuery } from "./errors.ts";
+import { describeQuery } from "./query.ts";
+import { planQuery } from "./refresh/differential.ts";
+import type { QueryPlan } from "./refresh/plan.ts";
+import { refreshStreamTable } from "./refresh/refresh.ts";
+import { parseSchedule } from "./schedule.ts";
+
+export interface CreateInput {
+  name: QualifiedName;
+  query: string;
+  schedule: string;
+  refreshMode: RefreshMode;
+  freshnessDeadlineMs: number | null;
+}
+
+/** The mode a request resolves to with this plan, or the error refusing it. */
+export function effectiveMode(requested: RefreshMode, plan: QueryPlan): { mode: "FULL" | "DIFFERENTIAL"; reason: string | null } {
+  switch (requested) {
+    case "FULL":
+      return { mode: "FULL", reason: null };
+    case "IMMEDIATE":
+      throw new TrickleError(
+        "UnsupportedRefreshMode",
+        422,
+        "Refresh mode IMMEDIATE is not available yet; use AUTO, DIFFERENTIAL or FULL",
+      );
+    case "DIFFERENTIAL":
+      if (plan.unsupportedReason !== null) throw unsupportedQuery(plan.unsupportedReason);
+      return { mode: "DIFFERENTIAL", reason: null };
+    case "AUTO":
+      return plan.unsupportedReason === null
+        ? { mode: "DIFFERENTIAL", reason: null }
+        : { mode: "FULL", reason: plan.unsupportedReason };
+  }
+}
+
+/**
+ * Creates a stream table: validates the query against the database, creates the storage table, registers it,
+ * installs change capture on its sources (committed first, see cdc.ts), then runs the initial refresh. When the
+ * initial refresh fails, everything created is removed again and the error is returned.
+ */
+export async function createStreamTable(ctx: DatabaseContext, input: CreateInput): Promise<StreamTableRow> {
+  parseSchedule(input.schedule);
+  const description = await describeQuery(ctx.sql, input.query);
+  const plan = await planQuery(ctx.sql, { query: input.query, description, requested: input.refreshMode });
+  const { mode, reason } = effectiveMode(input.refreshMode, plan);
+  const label = displayName(input.name);
+  let pgtId: number;
+  try {
+    pgtId = await ctx.sql.begin(async (tx) => {
+      const [taken] = await tx`SELECT to_regclass(${quoteQualified(input.name)}) IS NOT NULL AS t`;
+      if (taken?.t === true) throw streamTableExists(label);
+      const [schema] = await tx`SELECT 1 FROM pg_namespace WHERE nspname = ${input.name.schema}`;
+      if (schema === undefined) {
+        throw new TrickleError("SchemaNotFound", 404, `Schema "${input.name.schema}" does not exist`);
+      }
+      await createStorage(tx, input.name, plan);
+      const [rel] = await tx<{ oid: number }[]>`SELECT ${quoteQualified(input.name)}::regclass::oid::int8 AS oid`;
+      const [row] = await tx<{ pgt_id: number }[]>`
+        INSERT INTO pgtrickle.pgt_stream_tables (pgt_relid, pgt_schema, pgt_name, defining_query, refresh_mode,
+          effective_refresh_mode, fallback_reason, schedule, freshness_deadline_ms, plan)
+        VALUES (${rel!.oid}, ${input.name.schema}, ${input.name.name}, ${input.query}, ${input.refreshMode}, ${mode},
+          ${reason}, ${input.schedule.trim()}, ${input.freshnessDeadlineMs}, ${tx.json(plan as never)})
+        RETURNING pgt_id`;
+      for (const s of description.sources) {
+        await tx`INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_relid, source_schema, source_name, source_pgt_id)
+          VALUES (${row!.pgt_id}, ${s.relid}, ${s.schema}, ${s.name}, ${s.streamTableId})`;
+      }
+      return row!.pgt_id;
+    });
+  } catch (e) {
+    if (isPgError(e) && (e.code === UNIQUE_VIOLATION || e.code === DUPLICATE_TABLE)) throw streamTableExists(label);
+    throw e;
+  }
+  try {
+    // Capture is installed and committed before the initial refresh takes its snapshot (see cdc.ts).
+    for (const s of description.sources) await ctx.sql.begin((tx) => installCapture(tx, s));
+    await refreshStreamTable(ctx, pgtId, { initiatedBy: "CREATE" }).catch((e) => {
+      // The query was valid but failed on the data (division by zero, a bad cast...): the client's to fix.
+      throw isPgError(e) && isQueryError(e) ? invalidQuery(`The initial refresh failed: ${e.message}`, { sqlstate: e.code }) : e;
+    });
+  } catch (e) {
+    await dropById(ctx, pgtId).catch((dropError) =>
+      ctx.log.error("could not undo a failed creation", { pgt_id: pgtId, error: dropError })
+    );
+    throw e;
+  }
+  ctx.log.info("stream table created", { stream_table: label, pgt_id: pgtId, mode });
+  return (await findStreamTable(ctx.sql, input.name))!;
+}
+
+async function createStorage(tx: Tx, name: QualifiedName, plan: QueryPlan): Promise<void> {
+  const cols = [...plan.columns, ...plan.hiddenColumns].map((c) => `${quoteIdent(c.name)} ${c.type}`);
+  // Column names and types come from PostgreSQL's description of the query, each name quoted.
+  await tx.unsafe(`CREATE TABLE ${quoteQualified(name)} (${cols.join(", ")})`);
+  if (plan.uniqueKey !== null && plan.uniqueKey.length > 0) {
+    const index = quoteIdent(`${name.name}__pgt_key`.slice(0, 63));
+    await tx.unsafe(
+      `CREATE UNIQUE INDEX ${index} ON ${quoteQualified(name)} (${plan.uniqueKey.map(quoteIdent).join(", ")})`,
+    );
+  }
+}
+
+export interface AlterInput {
+  schedule?: string;
+  refreshMode?: RefreshMode;
+  freshnessDeadlineMs?: number | null;
+  status?: "ACTIVE" | "SUSPENDED";
+}
+
+/** Changes schedule, mode, deadline or status (SUSPENDED; ACTIVE resumes and clears errors). */
+export async function alterStreamTable(
+  ctx: DatabaseContext,
+  name: QualifiedName,
+  input: AlterInput,
+): Promise<StreamTableRow> {
+  if (input.schedule !== undefined) parseSchedule(input.schedule);
+  await ctx.sql.begin(async (tx) => {
+    const found = await findStreamTable(tx, name);
+    if (found === undefined) throw streamTableNotFound(displayName(name), ctx.name);
+    const st = (await lockStreamTable(tx, found.pgt_id))!;
+    const mode = input.refreshMode === undefined
+      ? { mode: st.effective_refresh_mode, reason: st.fallback_reason }
+      : effectiveMode(input.refreshMode, st.plan);
+    const status = input.status ?? st.status;
+    const resumed = input.status === "ACTIVE";
+    await tx`
+      UPDATE pgtrickle.pgt_stream_tables SET
+        schedule = ${input.schedule?.trim() ?? st.schedule},
+        refresh_mode = ${input.refreshMode ?? st.refresh_mode},
+        effective_refresh_mode = ${mode.mode},
+        fallback_reason = ${mode.reason},
+        freshness_deadline_ms = ${input.freshnessDeadlineMs !== undefined ? input.freshnessDeadlineMs : st.freshness_deadline_ms},
+        status = ${resumed && st.frontier === null ? "INITIALIZING" : status},
+        consecutive_errors = ${resumed ? 0 : st.consecutive_errors},
+        last_error = ${resumed ? null : st.last_error},
+        updated_at = now()
+      WHERE pgt_id = ${st.pgt_id}`;
+  });
+  ctx.log.info("stream table altered", { stream_table: displayName(name), changes: Object.keys(input) });
+  return (await findStreamTable(ctx.sql, name))!;
+}
+
+/** Drops a stream table, its storage, and the capture on sources no other stream table reads. */
+export async function dropStreamTable(ctx: DatabaseContext, name: QualifiedName): Promise<void> {
+  const st = await findStreamTable(ctx.sql, name);
+  if (st === undefined) throw streamTableNotFound(displayName(name), ctx.name);
+  const dependents = (await listDependencies(ctx.sql)).filter((d) => d.source_pgt_id === st.pgt_id);
+  if (dependents.length > 0) {
+    const names = await ctx.sql<{ n: string }[]>`
+      SELECT pgt_schema || '.' || pgt_name AS n FROM pgtrickle.pgt_stream_tables
+      WHERE pgt_id = ANY(${dependents.map((d) => d.pgt_id)}) ORDER BY 1`;
+    throw conflict(
+      "StreamTableHasDependents",
+      `Stream table "${displayName(name)}" is read by ${names.map((r) => `"${r.n}"`).join(", ")}; drop those first`,
+    );
+  }
+  await dropById(ctx, st.pgt_id);
+  ctx.log.info("stream table dropped", { stream_table: displayName(name) });
+}
+
+async function dropById(ctx: DatabaseContext, pgtId: number): Promise<void> {
+  const sources = await ctx.sql.begin(async (tx) => {
+    const st = await lockStreamTable(tx, pgtId);
+    if (st === undefined) return [];
+    const deps = await tx<{ relid: number }[]>`
+      SELECT source_relid::int8 AS relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = ${pgtId}`;
+    await tx`DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ${pgtId}`;
+    await tx.unsafe(`DROP TABLE IF EXISTS ${quoteQualified({ schema: st.pgt_schema, name: st.pgt_name })}`);
+    return [...deps.map((d) => d.relid), st.pgt_relid];
+  });
+  for (const relid of sources) await ctx.sql.begin((tx) => removeCaptureIfUnused(tx, relid));
+}

@@ -1,0 +1,108 @@
+/** Wiring only: config -> databases -> migrations -> engine -> HTTP server; graceful shutdown on SIGINT/SIGTERM. */
+import { ConfigError, loadConfig } from "./config.ts";
+import { startEmbedded } from "./db/embedded.ts";
+import { systemClock } from "./engine/clock.ts";
+import { Engine } from "./engine/engine.ts";
+import { createLogger } from "./engine/log.ts";
+import { createApp } from "./routes/app.ts";
+import { VERSION } from "./version.ts";
+
+/** The typed error for a listen address already taken. */
+export class PortInUse extends Error {
+  readonly code = "PortInUse";
+  constructor(host: string, port: number) {
+    super(`Port ${port} on ${host} is already in use; stop the other process or set TRICKLE_PORT`);
+    this.name = "PortInUse";
+  }
+}
+
+const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"]);
+
+async function main(): Promise<number> {
+  let config;
+  try {
+    config = await loadConfig();
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(e.message);
+      return 2;
+    }
+    throw e;
+  }
+  const log = createLogger(config.logLevel, { service: "trickle" });
+  log.info("starting", { version: VERSION });
+
+  let host = config.host;
+  if (config.adminToken === null) {
+    if (!LOOPBACK.has(host)) log.warn("no TRICKLE_ADMIN_TOKEN: ignoring TRICKLE_HOST, listening on loopback", { host });
+    host = "127.0.0.1";
+    log.warn("no token configured: the API is open and listens on 127.0.0.1 only");
+  }
+
+  const embedded = config.databaseUrl === null ? await startEmbedded({ dataDir: config.dataDir, log }) : null;
+  const stopEmbedded = async () => {
+    if (embedded !== null) await embedded.stop().catch((e) => log.error("embedded PostgreSQL stop failed", { error: e }));
+  };
+  let engine: Engine;
+  try {
+    engine = await Engine.open({
+      url: config.databaseUrl ?? embedded!.url,
+      databases: config.databases,
+      settings: config,
+      log,
+      clock: systemClock,
+    });
+  } catch (e) {
+    log.error("could not open the databases", { error: e });
+    await stopEmbedded();
+    return 1;
+  }
+
+  let shuttingDown = false;
+  const app = createApp({
+    engine,
+    log,
+    adminToken: config.adminToken,
+    readToken: config.readToken,
+    bodyLimitBytes: config.bodyLimitBytes,
+    requestTimeoutMs: config.requestTimeoutMs,
+    shuttingDown: () => shuttingDown,
+  });
+
+  let server: Deno.HttpServer;
+  try {
+    server = Deno.serve({
+      hostname: host,
+      port: config.port,
+      onListen: ({ hostname, port }) => log.info("listening", { url: `http://${hostname}:${port}`, databases: engine.databaseNames }),
+      onError: (e) => {
+        log.error("unhandled server error", { error: e });
+        return new Response("Internal Server Error", { status: 500 });
+      },
+    }, app.fetch);
+  } catch (e) {
+    const err = e instanceof Deno.errors.AddrInUse ? new PortInUse(host, config.port) : e;
+    log.error("could not listen", { error: err });
+    await engine.close();
+    await stopEmbedded();
+    return 1;
+  }
+  engine.scheduler.start();
+
+  const done = Promise.withResolvers<number>();
+  const shutdown = async (signal: string) => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    log.info("shutting down", { signal });
+    await server.shutdown(); // stop accepting; let requests in flight finish
+    await engine.close(); // finish (or roll back) running refreshes, close pools
+    await stopEmbedded();
+    log.info("stopped");
+    done.resolve(0);
+  };
+  Deno.addSignalListener("SIGINT", () => void shutdown("SIGINT"));
+  Deno.addSignalListener("SIGTERM", () => void shutdown("SIGTERM"));
+  return await done.promise;
+}
+
+if (import.meta.main) Deno.exit(await main());

@@ -1,0 +1,61 @@
+/** createApp(deps): the whole HTTP API as a Hono app, without listening (main.ts serves it, tests call it). */
+import { OpenAPIHono } from "@hono/zod-openapi";
+import { bodyLimit } from "hono/body-limit";
+import { requestId } from "hono/request-id";
+import type { Engine } from "../engine/engine.ts";
+import type { Logger } from "../engine/log.ts";
+import { VERSION } from "../version.ts";
+import { docsRoutes } from "./docs.ts";
+import { healthRoutes } from "./health.ts";
+import { accessLog, auth, requestTimeout } from "./middleware.ts";
+import { errorToResponse, problem, problemResponse } from "./problem.ts";
+import { streamTableRoutes } from "./stream_tables.ts";
+
+export interface AppDeps {
+  engine: Engine;
+  log: Logger;
+  adminToken: string | null;
+  readToken: string | null;
+  bodyLimitBytes: number;
+  requestTimeoutMs: number;
+  /** True once shutdown has begun (readiness answers 503). */
+  shuttingDown?: () => boolean;
+}
+
+/** Builds the API. */
+export function createApp(deps: AppDeps): OpenAPIHono {
+  const app = new OpenAPIHono();
+  app.use("*", requestId());
+  app.use("*", accessLog(deps.log));
+  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }));
+  app.use("*", requestTimeout(deps.requestTimeoutMs));
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: deps.bodyLimitBytes,
+      onError: () =>
+        problemResponse(problem(413, "PayloadTooLarge", `The request body is larger than ${deps.bodyLimitBytes} bytes`)),
+    }),
+  );
+  app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
+  app.route("/", streamTableRoutes(deps.engine));
+  app.route("/", docsRoutes());
+  app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
+  app.doc31("/openapi.json", {
+    openapi: "3.1.0",
+    info: {
+      title: "trickle",
+      version: VERSION,
+      description: "Stream tables for PostgreSQL, kept fresh by a service. Errors are application/problem+json " +
+        "with a stable `code` (see the README).",
+    },
+    security: deps.adminToken === null ? [] : [{ bearer: [] }],
+  });
+  app.notFound((c) =>
+    problemResponse(problem(404, "NotFound", `No route for ${c.req.method} ${c.req.path}`, {
+      request_id: c.get("requestId"),
+    }))
+  );
+  app.onError((err, c) => errorToResponse(err, c, deps.log));
+  return app;
+}

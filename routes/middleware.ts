@@ -1,0 +1,76 @@
+/** The HTTP edge: bearer tokens, request timeouts, access logs. */
+import type { MiddlewareHandler } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { timingSafeEqual } from "hono/utils/buffer";
+import type { Logger } from "../engine/log.ts";
+import { problem, problemResponse } from "./problem.ts";
+
+export interface AuthSettings {
+  adminToken: string | null;
+  readToken: string | null;
+}
+
+const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+/** Always open: liveness and readiness probes carry no data. */
+const OPEN_PATHS = new Set(["/health", "/ready"]);
+
+/**
+ * Writes need the admin token; reads need the read token or the admin token (open when no read token is set).
+ * With no admin token at all, everything is open and the server only listens on loopback (main.ts).
+ */
+export function auth(settings: AuthSettings, options: { readPaths?: (path: string) => boolean } = {}): MiddlewareHandler {
+  return async (c, next) => {
+    if (settings.adminToken === null || OPEN_PATHS.has(c.req.path)) return next();
+    const isRead = READ_METHODS.has(c.req.method) || (options.readPaths?.(c.req.path) ?? false);
+    if (isRead && settings.readToken === null) return next();
+    const header = c.req.header("authorization");
+    const match = header === undefined ? null : /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (match === null) {
+      return problemResponse(
+        problem(401, "Unauthorized", "This request needs a bearer token: Authorization: Bearer <token>"),
+        { "www-authenticate": 'Bearer realm="trickle"' },
+      );
+    }
+    const token = match[1]!;
+    const isAdmin = await timingSafeEqual(token, settings.adminToken);
+    const isReader = settings.readToken !== null && await timingSafeEqual(token, settings.readToken);
+    if (isAdmin || (isRead && isReader)) return next();
+    const detail = isReader
+      ? "The read token does not allow changes; use the admin token"
+      : "The bearer token is not valid for this service";
+    return problemResponse(problem(403, "Forbidden", detail));
+  };
+}
+
+/** Answers 503 Timeout when a handler runs past `ms` (the work it started may still finish). */
+export function requestTimeout(ms: number): MiddlewareHandler {
+  return async (c, next) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new HTTPException(503, { res: problemResponse(problem(503, "Timeout", `The request did not finish within ${ms} ms`)) })),
+        ms,
+      );
+    });
+    try {
+      await Promise.race([next(), expired]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
+/** One log line per request, with its id, status and duration (never headers or bodies). */
+export function accessLog(log: Logger): MiddlewareHandler {
+  return async (c, next) => {
+    const t0 = performance.now();
+    await next();
+    log.info("request", {
+      request_id: c.get("requestId" as never),
+      method: c.req.method,
+      path: c.req.path,
+      status: c.res.status,
+      ms: Math.round((performance.now() - t0) * 10) / 10,
+    });
+  };
+}

@@ -1,0 +1,59 @@
+/** application/problem+json answers (RFC 9457) with a stable `code`. */
+import type { Context } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { TrickleError } from "../engine/errors.ts";
+import type { Logger } from "../engine/log.ts";
+
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  code: string;
+  [extra: string]: unknown;
+}
+
+const TITLES: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  409: "Conflict",
+  413: "Content Too Large",
+  415: "Unsupported Media Type",
+  422: "Unprocessable Content",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+/** The problem body for an error code. */
+export function problem(status: number, code: string, detail: string, extra: Record<string, unknown> = {}): Problem {
+  return { type: `urn:trickle:problem:${code}`, title: TITLES[status] ?? "Error", status, detail, code, ...extra };
+}
+
+/** A Response carrying a problem. */
+export function problemResponse(p: Problem, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(p), {
+    status: p.status,
+    headers: { "content-type": "application/problem+json", ...headers },
+  });
+}
+
+/** Turns any thrown error into a problem response; unknown errors are logged and answered opaquely. */
+export function errorToResponse(err: unknown, c: Context, log: Logger): Response {
+  const requestId = c.get("requestId" as never) as string | undefined;
+  const ids = requestId === undefined ? {} : { request_id: requestId };
+  if (err instanceof TrickleError) {
+    return problemResponse(problem(err.status, err.code, err.message, { ...err.extra, ...ids }));
+  }
+  if (err instanceof HTTPException) {
+    if (err.res !== undefined) return err.res;
+    const status = err.status;
+    const code = status === 400 ? "BadRequest" : status === 401 ? "Unauthorized" : `Http${status}`;
+    return problemResponse(problem(status, code, err.message || TITLES[status] || "Error", ids));
+  }
+  // SQL text, parameters and internal messages never reach a response; the log has the detail.
+  log.error("unhandled error", { ...ids, path: c.req.path, error: err, stack: (err as Error)?.stack });
+  return problemResponse(problem(500, "InternalError", "An internal error occurred; the log has the detail", ids));
+}

@@ -1,0 +1,229 @@
+/** /stream-tables: create, list, read, alter, drop, refresh now, history. */
+import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
+import { displayName, parseQualifiedName } from "../db/identifiers.ts";
+import { findStreamTable, listDependencies, listStreamTables, refreshHistory, type StreamTableRow } from "../engine/catalog.ts";
+import type { Engine } from "../engine/engine.ts";
+import { streamTableNotFound } from "../engine/errors.ts";
+import { refreshStreamTable } from "../engine/refresh/refresh.ts";
+import { alterStreamTable, createStreamTable, dropStreamTable } from "../engine/stream_tables.ts";
+import type { DatabaseContext } from "../engine/context.ts";
+import {
+  AlterStreamTableSchema,
+  CreateStreamTableSchema,
+  DatabaseQuery,
+  HistoryEntrySchema,
+  NameParam,
+  problems,
+  RefreshResultSchema,
+  StreamTableSchema,
+} from "./schemas.ts";
+import { validationHook } from "./validation.ts";
+
+const tags = ["stream tables"];
+const json = <T>(schema: T) => ({ content: { "application/json": { schema } } });
+
+/** The stream table as the API shows it. */
+export async function presentStreamTable(ctx: DatabaseContext, st: StreamTableRow) {
+  const deps = (await listDependencies(ctx.sql)).filter((d) => d.pgt_id === st.pgt_id);
+  return present(ctx, st, deps.map((d) => displayName({ schema: d.source_schema, name: d.source_name })));
+}
+
+function present(ctx: DatabaseContext, st: StreamTableRow, sources: string[]): z.infer<typeof StreamTableSchema> {
+  return {
+    name: `${st.pgt_schema}.${st.pgt_name}`,
+    schema: st.pgt_schema,
+    table: st.pgt_name,
+    database: ctx.name,
+    query: st.defining_query,
+    refresh_mode: st.refresh_mode,
+    effective_refresh_mode: st.effective_refresh_mode,
+    fallback_reason: st.fallback_reason,
+    schedule: st.schedule,
+    freshness_deadline_ms: st.freshness_deadline_ms === null ? null : Number(st.freshness_deadline_ms),
+    status: st.status,
+    frontier: st.frontier,
+    row_count: Number(st.row_count),
+    columns: st.plan.columns,
+    sources,
+    last_refresh_at: st.last_refresh_at?.toISOString() ?? null,
+    last_full_ms: st.last_full_ms,
+    last_diff_ms: st.last_diff_ms,
+    consecutive_errors: st.consecutive_errors,
+    last_error: st.last_error,
+    created_at: st.created_at.toISOString(),
+    updated_at: st.updated_at.toISOString(),
+  };
+}
+
+async function mustFind(ctx: DatabaseContext, rawName: string): Promise<StreamTableRow> {
+  const name = parseQualifiedName(rawName);
+  const st = await findStreamTable(ctx.sql, name);
+  if (st === undefined) throw streamTableNotFound(displayName(name), ctx.name);
+  return st;
+}
+
+/** The stream-table routes over `engine`. */
+export function streamTableRoutes(engine: Engine): OpenAPIHono {
+  const app = new OpenAPIHono({ defaultHook: validationHook });
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/stream-tables",
+      tags,
+      summary: "List stream tables",
+      request: { query: DatabaseQuery },
+      responses: { 200: { description: "All stream tables of the database", ...json(z.array(StreamTableSchema)) }, ...problems(401, 403, 404) },
+    }),
+    async (c) => {
+      const ctx = engine.db(c.req.valid("query").database);
+      const [rows, deps] = await Promise.all([listStreamTables(ctx.sql), listDependencies(ctx.sql)]);
+      return c.json(rows.map((st) =>
+        present(
+          ctx,
+          st,
+          deps.filter((d) => d.pgt_id === st.pgt_id).map((d) => displayName({ schema: d.source_schema, name: d.source_name })),
+        )
+      ), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/stream-tables",
+      tags,
+      summary: "Create a stream table (validates the query, installs change capture, runs the initial refresh)",
+      request: { query: DatabaseQuery, body: { required: true, ...json(CreateStreamTableSchema) } },
+      responses: {
+        201: { description: "Created and refreshed", ...json(StreamTableSchema) },
+        ...problems(400, 401, 403, 404, 409, 413, 422),
+      },
+    }),
+    async (c) => {
+      const body = c.req.valid("json");
+      const ctx = engine.db(body.database ?? c.req.valid("query").database);
+      const st = await createStreamTable(ctx, {
+        name: parseQualifiedName(body.name),
+        query: body.query,
+        schedule: body.schedule,
+        refreshMode: body.refresh_mode,
+        freshnessDeadlineMs: body.freshness_deadline_ms,
+      });
+      c.header("location", `/stream-tables/${st.pgt_schema}.${st.pgt_name}?database=${encodeURIComponent(ctx.name)}`);
+      return c.json(await presentStreamTable(ctx, st), 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/stream-tables/{name}",
+      tags,
+      summary: "One stream table",
+      request: { params: NameParam, query: DatabaseQuery },
+      responses: { 200: { description: "The stream table", ...json(StreamTableSchema) }, ...problems(400, 401, 403, 404) },
+    }),
+    async (c) => {
+      const ctx = engine.db(c.req.valid("query").database);
+      return c.json(await presentStreamTable(ctx, await mustFind(ctx, c.req.valid("param").name)), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "patch",
+      path: "/stream-tables/{name}",
+      tags,
+      summary: "Alter schedule, refresh mode or deadline; suspend (status SUSPENDED) or resume (status ACTIVE)",
+      request: { params: NameParam, query: DatabaseQuery, body: { required: true, ...json(AlterStreamTableSchema) } },
+      responses: { 200: { description: "The altered stream table", ...json(StreamTableSchema) }, ...problems(400, 401, 403, 404, 413, 422) },
+    }),
+    async (c) => {
+      const body = c.req.valid("json");
+      const ctx = engine.db(body.database ?? c.req.valid("query").database);
+      const name = parseQualifiedName(c.req.valid("param").name);
+      const st = await alterStreamTable(ctx, name, {
+        ...(body.schedule === undefined ? {} : { schedule: body.schedule }),
+        ...(body.refresh_mode === undefined ? {} : { refreshMode: body.refresh_mode }),
+        ...(body.freshness_deadline_ms === undefined ? {} : { freshnessDeadlineMs: body.freshness_deadline_ms }),
+        ...(body.status === undefined ? {} : { status: body.status }),
+      });
+      return c.json(await presentStreamTable(ctx, st), 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "delete",
+      path: "/stream-tables/{name}",
+      tags,
+      summary: "Drop a stream table, its storage, and capture on sources nothing else reads",
+      request: { params: NameParam, query: DatabaseQuery },
+      responses: { 204: { description: "Dropped" }, ...problems(400, 401, 403, 404, 409) },
+    }),
+    async (c) => {
+      const ctx = engine.db(c.req.valid("query").database);
+      await dropStreamTable(ctx, parseQualifiedName(c.req.valid("param").name));
+      return c.body(null, 204);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "post",
+      path: "/stream-tables/{name}/refresh",
+      tags,
+      summary: "Refresh now (waits for a refresh already running)",
+      request: { params: NameParam, query: DatabaseQuery },
+      responses: { 200: { description: "What the refresh did", ...json(RefreshResultSchema) }, ...problems(400, 401, 403, 404, 422, 503) },
+    }),
+    async (c) => {
+      const ctx = engine.db(c.req.valid("query").database);
+      const st = await mustFind(ctx, c.req.valid("param").name);
+      const r = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+      return c.json({
+        action: r.action,
+        reason: r.reason,
+        rows_inserted: r.rows_inserted,
+        rows_deleted: r.rows_deleted,
+        delta_rows: r.delta_rows,
+        duration_ms: r.duration_ms,
+        frontier: r.frontier,
+      }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: "get",
+      path: "/stream-tables/{name}/history",
+      tags,
+      summary: "Refresh history, newest first",
+      request: {
+        params: NameParam,
+        query: DatabaseQuery.extend({
+          limit: z.coerce.number().int().min(1).max(1000).default(50),
+          before: z.coerce.number().int().positive().optional().openapi({ description: "Page: refresh_id to start below" }),
+        }),
+      },
+      responses: { 200: { description: "Refreshes", ...json(z.array(HistoryEntrySchema)) }, ...problems(400, 401, 403, 404) },
+    }),
+    async (c) => {
+      const q = c.req.valid("query");
+      const ctx = engine.db(q.database);
+      const st = await mustFind(ctx, c.req.valid("param").name);
+      const rows = await refreshHistory(ctx.sql, st.pgt_id, {
+        limit: q.limit,
+        ...(q.before === undefined ? {} : { before: q.before }),
+      });
+      return c.json(rows.map((r) => ({
+        ...r,
+        started_at: r.started_at.toISOString(),
+        finished_at: r.finished_at.toISOString(),
+      })), 200);
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,42 @@
+/**
+ * The test command: starts the embedded PostgreSQL (unless TEST_DATABASE_URL names a server), runs `deno test` on
+ * the unit and integration tests (or the e2e tests with --e2e), stops the server, and prints a one-line summary.
+ */
+import { startEmbedded } from "../db/embedded.ts";
+import { createLogger } from "../engine/log.ts";
+
+const e2e = Deno.args.includes("--e2e");
+const passThrough = Deno.args.filter((a) => a !== "--e2e");
+const log = createLogger("warn");
+let url = Deno.env.get("TEST_DATABASE_URL") ?? "";
+let stop = async () => {};
+if (url === "") {
+  const dataDir = `.trickle-test/${Deno.pid}`;
+  const server = await startEmbedded({ dataDir, log, ephemeral: true });
+  url = server.url;
+  stop = async () => {
+    await server.stop();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  };
+}
+
+const targets = passThrough.length > 0 ? passThrough : [e2e ? "tests/e2e/" : "tests/"];
+const args = ["test", "-A", "--parallel", ...(e2e ? [] : ["--ignore=tests/e2e/"]), ...targets];
+const child = new Deno.Command(Deno.execPath(), {
+  args,
+  env: { TEST_DATABASE_URL: url, NO_COLOR: "1" },
+  stdout: "piped",
+  stderr: "inherit",
+}).spawn();
+
+let tail = "";
+const decoder = new TextDecoder();
+for await (const chunk of child.stdout) {
+  await Deno.stdout.write(chunk);
+  tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4000);
+}
+const status = await child.status;
+await stop();
+const m = /(\d+) passed(?: \((\d+) steps?\))? \| (\d+) failed/.exec(tail);
+if (m !== null) console.log(`\ntests: ${m[1]} passed, ${m[3]} failed`);
+Deno.exit(status.code);
