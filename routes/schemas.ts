@@ -107,4 +107,5 @@ export const HistoryEntrySchema = z.object({
   initiated_by: z.string(),
   reason: z.string().nullable(),
   error: z.string().nullable(),
+  instance: z.string().openapi({ description: "The service instance that ran it (trickle:<pid>)" }),
 }).openapi("RefreshHistoryEntry");

@@ -20,6 +20,14 @@ if (url === "") {
   };
 }
 
+// Ctrl-C: stop the test server too, so no PostgreSQL is left behind.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, async () => {
+    await stop();
+    Deno.exit(130);
+  });
+}
+
 const targets = passThrough.length > 0 ? passThrough : [e2e ? "tests/e2e/" : "tests/"];
 const args = ["test", "-A", "--parallel", ...(e2e ? [] : ["--ignore=tests/e2e/"]), ...targets];
 const child = new Deno.Command(Deno.execPath(), {

@@ -60,7 +60,9 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
   delta_rows    bigint NOT NULL DEFAULT 0,
   initiated_by  text NOT NULL CHECK (initiated_by IN ('CREATE', 'SCHEDULER', 'MANUAL')),
   reason        text,
-  error         text
+  error         text,
+  -- The service instance that ran it (its application_name), for operators running several.
+  instance      text NOT NULL DEFAULT current_setting('application_name')
 );
 CREATE INDEX ON pgtrickle.pgt_refresh_history (pgt_id, started_at DESC);
 CREATE INDEX ON pgtrickle.pgt_refresh_history (started_at);
