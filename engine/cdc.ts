@@ -9,7 +9,7 @@
  */
 import type { Tx } from "../db/pool.ts";
 import { quoteIdent, quoteLiteral } from "../db/identifiers.ts";
-import type { SourceRef } from "./refresh/plan.ts";
+import type { Column, SourceRef } from "./refresh/plan.ts";
 
 /** Advisory lock class for capture installation on one source (arbitrary, fixed). */
 const CAPTURE_LOCK = 7_417_002;
@@ -20,31 +20,46 @@ export function bufferName(relid: number): string {
 }
 
 /**
- * Installs change capture on `source` unless it is there already. Must run in its own committed transaction before
- * the first refresh reads the source: CREATE TRIGGER waits for writers in flight, so every change committed after
- * that refresh's snapshot is in the buffer.
+ * Installs change capture on `source` unless it is there already (then only columns added to the source since are
+ * added to the buffer). Must run in its own committed transaction before the first refresh reads the source:
+ * CREATE TRIGGER waits for writers in flight, so every change committed after that refresh's snapshot is in the
+ * buffer. A guard view over the captured columns makes PostgreSQL refuse to drop the source, or drop or retype a
+ * captured column, while capture is installed (DROP ... CASCADE drops the guard; the stream tables then fail loudly).
  */
 export async function installCapture(tx: Tx, source: SourceRef): Promise<boolean> {
   await tx`SELECT pg_advisory_xact_lock(${CAPTURE_LOCK}, ${source.relid}::int4)`;
-  const [exists] = await tx`SELECT 1 FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${source.relid}`;
-  if (exists !== undefined) return false;
+  const [existing] = await tx<{ columns: Column[] }[]>`
+    SELECT columns FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${source.relid}`;
   const buffer = bufferName(source.relid);
-  const fn = `pgtrickle_changes.${quoteIdent(`capture_${source.relid}`)}`;
   const table = `${quoteIdent(source.schema)}.${quoteIdent(source.name)}`;
-  const cols = source.columns.map((c) => quoteIdent(c.name));
-  const colDefs = source.columns.map((c) => `${quoteIdent(c.name)} ${c.type}`);
-  const list = cols.join(", ");
-  const into = `INSERT INTO ${buffer} (action${cols.length > 0 ? ", " + list : ""})`;
-  const from = (action: string, rows: string) => `SELECT ${quoteLiteral(action)}${cols.length > 0 ? ", " + list : ""} FROM ${rows}`;
+  let columns = source.columns;
   // Everything below is built from catalog names and types, each quoted; nothing comes from a request.
+  if (existing !== undefined) {
+    const known = new Set(existing.columns.map((c) => c.name));
+    const added = source.columns.filter((c) => !known.has(c.name));
+    if (added.length === 0) return false;
+    columns = [...existing.columns, ...added];
+    await tx.unsafe(added.map((c) => `ALTER TABLE ${buffer} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`).join("\n"));
+    await tx`UPDATE pgtrickle.pgt_change_buffers SET columns = ${tx.json(columns as never)}
+      WHERE source_relid = ${source.relid}`;
+  } else {
+    const colDefs = columns.map((c) => `,\n      ${quoteIdent(c.name)} ${c.type}`).join("");
+    await tx.unsafe(`
+      CREATE TABLE ${buffer} (
+        change_id bigint GENERATED ALWAYS AS IDENTITY,
+        xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        action char(1) NOT NULL${colDefs}
+      ) WITH (autovacuum_vacuum_scale_factor = 0.01);
+      CREATE INDEX ON ${buffer} (xid);`);
+    await tx`INSERT INTO pgtrickle.pgt_change_buffers (source_relid, source_schema, source_name, columns)
+      VALUES (${source.relid}, ${source.schema}, ${source.name}, ${tx.json(columns as never)})`;
+  }
+  const fn = captureFunction(source.relid);
+  const list = columns.map((c) => quoteIdent(c.name)).join(", ");
+  const into = `INSERT INTO ${buffer} (action${list === "" ? "" : ", " + list})`;
+  const from = (action: string, rows: string) => `SELECT ${quoteLiteral(action)}${list === "" ? "" : ", " + list} FROM ${rows}`;
   await tx.unsafe(`
-    CREATE TABLE ${buffer} (
-      change_id bigint GENERATED ALWAYS AS IDENTITY,
-      xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-      action char(1) NOT NULL${colDefs.length > 0 ? ",\n      " + colDefs.join(",\n      ") : ""}
-    ) WITH (autovacuum_vacuum_scale_factor = 0.01);
-    CREATE INDEX ON ${buffer} (xid);
-    CREATE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
+    CREATE OR REPLACE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
     BEGIN
       IF TG_OP = 'INSERT' THEN
         ${into} ${from("I", "pgt_new")};
@@ -58,18 +73,27 @@ export async function installCapture(tx: Tx, source: SourceRef): Promise<boolean
       RETURN NULL;
     END
     $body$;
-    CREATE TRIGGER pgt_capture_ins AFTER INSERT ON ${table}
-      REFERENCING NEW TABLE AS pgt_new FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
-    CREATE TRIGGER pgt_capture_upd AFTER UPDATE ON ${table}
-      REFERENCING OLD TABLE AS pgt_old NEW TABLE AS pgt_new FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
-    CREATE TRIGGER pgt_capture_del AFTER DELETE ON ${table}
-      REFERENCING OLD TABLE AS pgt_old FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
-    CREATE TRIGGER pgt_capture_trunc AFTER TRUNCATE ON ${table}
-      FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
-  `);
-  await tx`INSERT INTO pgtrickle.pgt_change_buffers (source_relid, source_schema, source_name, columns)
-    VALUES (${source.relid}, ${source.schema}, ${source.name}, ${tx.json(source.columns as never)})`;
+    CREATE OR REPLACE VIEW ${guardView(source.relid)} AS SELECT ${list === "" ? "1 AS none" : list} FROM ${table};`);
+  if (existing === undefined) {
+    await tx.unsafe(`
+      CREATE TRIGGER pgt_capture_ins AFTER INSERT ON ${table}
+        REFERENCING NEW TABLE AS pgt_new FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
+      CREATE TRIGGER pgt_capture_upd AFTER UPDATE ON ${table}
+        REFERENCING OLD TABLE AS pgt_old NEW TABLE AS pgt_new FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
+      CREATE TRIGGER pgt_capture_del AFTER DELETE ON ${table}
+        REFERENCING OLD TABLE AS pgt_old FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
+      CREATE TRIGGER pgt_capture_trunc AFTER TRUNCATE ON ${table}
+        FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();`);
+  }
   return true;
+}
+
+function captureFunction(relid: number): string {
+  return `pgtrickle_changes.${quoteIdent(`capture_${relid}`)}`;
+}
+
+function guardView(relid: number): string {
+  return `pgtrickle_changes.${quoteIdent(`guard_${relid}`)}`;
 }
 
 /** Removes capture from a source that no stream table reads any more (the source itself may be gone). */
@@ -81,7 +105,7 @@ export async function removeCaptureIfUnused(tx: Tx, relid: number): Promise<bool
     SELECT source_schema AS schema, source_name AS name FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${relid}`;
   if (buf === undefined) return false;
   const [rel] = await tx`SELECT 1 FROM pg_class WHERE oid = ${relid}`;
-  const fn = `pgtrickle_changes.${quoteIdent(`capture_${relid}`)}`;
+  const fn = captureFunction(relid);
   if (rel !== undefined) {
     const [row] = await tx<{ q: string }[]>`SELECT ${relid}::oid::regclass::text AS q`;
     // regclass::text is the server's own quoted rendering of the table name.
@@ -92,7 +116,9 @@ export async function removeCaptureIfUnused(tx: Tx, relid: number): Promise<bool
       DROP TRIGGER IF EXISTS pgt_capture_del ON ${table};
       DROP TRIGGER IF EXISTS pgt_capture_trunc ON ${table};`);
   }
-  await tx.unsafe(`DROP FUNCTION IF EXISTS ${fn}() CASCADE; DROP TABLE IF EXISTS ${bufferName(relid)};`);
+  await tx.unsafe(`DROP VIEW IF EXISTS ${guardView(relid)};
+    DROP FUNCTION IF EXISTS ${fn}() CASCADE;
+    DROP TABLE IF EXISTS ${bufferName(relid)};`);
   await tx`DELETE FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${relid}`;
   return true;
 }

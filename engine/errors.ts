@@ -16,11 +16,6 @@ export class TrickleError extends Error {
   }
 }
 
-/** 400: the request cannot be understood (malformed JSON, unknown or wrong-typed fields). */
-export function badRequest(message: string, extra: Record<string, unknown> = {}): TrickleError {
-  return new TrickleError("BadRequest", 400, message, extra);
-}
-
 /** 400: a name that is not a plain identifier. */
 export function invalidName(value: string, what = "name"): TrickleError {
   return new TrickleError(
@@ -79,12 +74,3 @@ export function conflict(code: string, message: string): TrickleError {
   return new TrickleError(code, 409, message);
 }
 
-/** 503: the service cannot do that now (not ready, shutting down, database unreachable). */
-export function unavailable(message: string): TrickleError {
-  return new TrickleError("ServiceUnavailable", 503, message);
-}
-
-/** 503: a handler ran past its time limit. */
-export function timeout(ms: number): TrickleError {
-  return new TrickleError("Timeout", 503, `The request did not finish within ${ms} ms`);
-}

@@ -173,8 +173,10 @@ async function dropById(ctx: DatabaseContext, pgtId: number): Promise<void> {
     const deps = await tx<{ relid: number }[]>`
       SELECT source_relid::int8 AS relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = ${pgtId}`;
     await tx`DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ${pgtId}`;
+    // Capture on the stream table itself (left by a dropped reader) goes first: its guard view pins the table.
+    await removeCaptureIfUnused(tx, st.pgt_relid);
     await tx.unsafe(`DROP TABLE IF EXISTS ${quoteQualified({ schema: st.pgt_schema, name: st.pgt_name })}`);
-    return [...deps.map((d) => d.relid), st.pgt_relid];
+    return deps.map((d) => d.relid);
   });
   for (const relid of sources) await ctx.sql.begin((tx) => removeCaptureIfUnused(tx, relid));
 }

@@ -173,6 +173,24 @@ Deno.test({
         await assertFresh(sql, "reader_a", "SELECT id, v FROM shared_src");
         await assertFresh(sql, "reader_b", "SELECT count(*) AS n FROM shared_src");
       });
+
+      await t.step("captured columns cannot be dropped from a source; columns added later reach new readers", async () => {
+        await sql`CREATE TABLE evolving (id int PRIMARY KEY, a int, b text)`;
+        await sql`INSERT INTO evolving VALUES (1, 1, 'x')`;
+        await create(ctx, "evolving_a", "SELECT id, a FROM evolving");
+        await assert.rejects(sql`ALTER TABLE evolving DROP COLUMN b`, /depend/);
+        await assert.rejects(sql`DROP TABLE evolving`, /depend/);
+        await sql`INSERT INTO evolving VALUES (2, 2, 'y')`; // writes still work
+        await sql`ALTER TABLE evolving ADD COLUMN c int DEFAULT 7`;
+        await sql`INSERT INTO evolving VALUES (3, 3, 'z', 9)`;
+        const st = await create(ctx, "evolving_c", "SELECT id, c FROM evolving WHERE c > 0");
+        await sql`UPDATE evolving SET c = c + 1`;
+        await sql`INSERT INTO evolving VALUES (4, 4, 'w', 1)`;
+        await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+        await assertFresh(sql, "evolving_c", "SELECT id, c FROM evolving WHERE c > 0");
+        await tick();
+        await assertFresh(sql, "evolving_a", "SELECT id, a FROM evolving");
+      });
     } finally {
       await svc.close();
     }
