@@ -64,7 +64,7 @@ export const StreamTableSchema = z.object({
 }).openapi("StreamTable");
 
 export const CreateStreamTableSchema = z.object({
-  name: z.string().min(1).openapi({ example: "order_totals", description: "table or schema.table" }),
+  name: z.string().openapi({ example: "order_totals", description: "table or schema.table" }), // checked by parseQualifiedName (InvalidName)
   query: z.string().min(1).max(100_000).openapi({
     example: "SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id",
   }),

@@ -48,7 +48,7 @@ interface BlockData {
   targets: string[];
   /** Grouping expressions with ordinals and output aliases resolved (DISTINCT: the targets); [] when none. */
   groupKeys: string[];
-  /** GROUP BY text as written (null: no GROUP BY). */
+  /** GROUP BY list, ordinals and aliases resolved (null: no GROUP BY). */
   groupBy: string | null;
   having: string | null;
   distinct: boolean;
@@ -550,6 +550,8 @@ async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<BlockData> {
       groupNodes.push(g);
       return text.range(a, b);
     });
+    // Regenerated from the resolved keys: the generated selects do not keep output aliases.
+    groupBy = groupKeys.join(", ");
   } else if (distinct) {
     groupKeys = [...targets];
   }
