@@ -52,8 +52,16 @@ const SETTINGS = {
   dataDir: ["TRICKLE_DATA_DIR", z.string().min(1), "./.trickle"],
   host: ["TRICKLE_HOST", z.string().min(1), "127.0.0.1"],
   port: ["TRICKLE_PORT", int(0, 65535), 8080],
-  adminToken: ["TRICKLE_ADMIN_TOKEN", optionalText.refine((v) => v === null || v.length >= 16, "16 characters or more"), null],
-  readToken: ["TRICKLE_READ_TOKEN", optionalText.refine((v) => v === null || v.length >= 16, "16 characters or more"), null],
+  adminToken: [
+    "TRICKLE_ADMIN_TOKEN",
+    optionalText.refine((v) => v === null || v.length >= 16, "16 characters or more"),
+    null,
+  ],
+  readToken: [
+    "TRICKLE_READ_TOKEN",
+    optionalText.refine((v) => v === null || v.length >= 16, "16 characters or more"),
+    null,
+  ],
   maxWorkers: ["TRICKLE_MAX_WORKERS", int(1, 1024), 4],
   perDatabaseQuota: ["TRICKLE_PER_DATABASE_QUOTA", int(0, 1024), 0],
   schedulerIntervalMs: ["TRICKLE_SCHEDULER_INTERVAL_MS", int(10, 3_600_000), 1000],

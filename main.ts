@@ -41,7 +41,9 @@ async function main(): Promise<number> {
 
   const embedded = config.databaseUrl === null ? await startEmbedded({ dataDir: config.dataDir, log }) : null;
   const stopEmbedded = async () => {
-    if (embedded !== null) await embedded.stop().catch((e) => log.error("embedded PostgreSQL stop failed", { error: e }));
+    if (embedded !== null) {
+      await embedded.stop().catch((e) => log.error("embedded PostgreSQL stop failed", { error: e }));
+    }
   };
   let engine: Engine;
   try {
@@ -74,7 +76,8 @@ async function main(): Promise<number> {
     server = Deno.serve({
       hostname: host,
       port: config.port,
-      onListen: ({ hostname, port }) => log.info("listening", { url: `http://${hostname}:${port}`, databases: engine.databaseNames }),
+      onListen: ({ hostname, port }) =>
+        log.info("listening", { url: `http://${hostname}:${port}`, databases: engine.databaseNames }),
       onError: (e) => {
         log.error("unhandled server error", { error: e });
         return new Response("Internal Server Error", { status: 500 });

@@ -113,8 +113,10 @@ async function reclaimOrphan(pgdata: string, log: Logger): Promise<void> {
     return; // not running: PostgreSQL removes the stale pid file itself
   }
   if (ppid !== 1) {
-    throw new Error(`The embedded PostgreSQL data directory "${pgdata}" is in use by process ${pid} ` +
-      `(another trickle service?); stop it or set TRICKLE_DATA_DIR`);
+    throw new Error(
+      `The embedded PostgreSQL data directory "${pgdata}" is in use by process ${pid} ` +
+        `(another trickle service?); stop it or set TRICKLE_DATA_DIR`,
+    );
   }
   log.warn("stopping an orphaned embedded PostgreSQL left by an earlier run", { pid });
   Deno.kill(pid, "SIGINT");

@@ -37,14 +37,18 @@ const COLUMNS = (sql: Sql | Tx) =>
 
 /** All stream tables of the database, by name. */
 export async function listStreamTables(sql: Sql | Tx): Promise<StreamTableRow[]> {
-  return [...await sql<StreamTableRow[]>`
-    SELECT ${COLUMNS(sql)} FROM pgtrickle.pgt_stream_tables ORDER BY pgt_schema, pgt_name`];
+  return [
+    ...await sql<StreamTableRow[]>`
+    SELECT ${COLUMNS(sql)} FROM pgtrickle.pgt_stream_tables ORDER BY pgt_schema, pgt_name`,
+  ];
 }
 
 /** One stream table by name, or undefined. */
 export async function findStreamTable(sql: Sql | Tx, name: QualifiedName): Promise<StreamTableRow | undefined> {
   const [row] = await sql<StreamTableRow[]>`
-    SELECT ${COLUMNS(sql)} FROM pgtrickle.pgt_stream_tables WHERE pgt_schema = ${name.schema} AND pgt_name = ${name.name}`;
+    SELECT ${
+    COLUMNS(sql)
+  } FROM pgtrickle.pgt_stream_tables WHERE pgt_schema = ${name.schema} AND pgt_name = ${name.name}`;
   return row;
 }
 
@@ -72,9 +76,11 @@ export interface Dependency {
 
 /** Every stream table -> source edge of the database. */
 export async function listDependencies(sql: Sql | Tx): Promise<Dependency[]> {
-  return [...await sql<Dependency[]>`
+  return [
+    ...await sql<Dependency[]>`
     SELECT pgt_id, source_relid::int8 AS source_relid, source_schema, source_name, source_pgt_id
-    FROM pgtrickle.pgt_dependencies ORDER BY pgt_id, source_schema, source_name`];
+    FROM pgtrickle.pgt_dependencies ORDER BY pgt_id, source_schema, source_name`,
+  ];
 }
 
 export interface HistoryRow {
@@ -99,10 +105,12 @@ export async function refreshHistory(
   pgtId: number,
   options: { limit: number; before?: number },
 ): Promise<HistoryRow[]> {
-  return [...await sql<HistoryRow[]>`
+  return [
+    ...await sql<HistoryRow[]>`
     SELECT refresh_id, started_at, finished_at, duration_ms, action, status, rows_inserted, rows_deleted, delta_rows,
       initiated_by, reason, error, instance
     FROM pgtrickle.pgt_refresh_history
     WHERE pgt_id = ${pgtId} ${options.before === undefined ? sql`` : sql`AND refresh_id < ${options.before}`}
-    ORDER BY refresh_id DESC LIMIT ${options.limit}`];
+    ORDER BY refresh_id DESC LIMIT ${options.limit}`,
+  ];
 }

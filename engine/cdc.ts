@@ -57,7 +57,8 @@ export async function installCapture(tx: Tx, source: SourceRef): Promise<boolean
   const fn = captureFunction(source.relid);
   const list = columns.map((c) => quoteIdent(c.name)).join(", ");
   const into = `INSERT INTO ${buffer} (action${list === "" ? "" : ", " + list})`;
-  const from = (action: string, rows: string) => `SELECT ${quoteLiteral(action)}${list === "" ? "" : ", " + list} FROM ${rows}`;
+  const from = (action: string, rows: string) =>
+    `SELECT ${quoteLiteral(action)}${list === "" ? "" : ", " + list} FROM ${rows}`;
   await tx.unsafe(`
     CREATE OR REPLACE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
     BEGIN

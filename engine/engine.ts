@@ -41,7 +41,9 @@ export class Engine {
           await checkServerVersion(sql);
           const applied = await migrate(sql);
           if (applied.length > 0) options.log.info("migrated", { database: name, versions: applied });
-          const [row] = await sql<{ oid: number }[]>`SELECT oid::int8 AS oid FROM pg_database WHERE datname = current_database()`;
+          const [row] = await sql<
+            { oid: number }[]
+          >`SELECT oid::int8 AS oid FROM pg_database WHERE datname = current_database()`;
           contexts.push({
             name,
             oid: row!.oid,
@@ -83,16 +85,18 @@ export class Engine {
   /** Readiness: every database answers and has the schema this build expects. */
   async readiness(): Promise<{ ready: boolean; databases: { name: string; ok: boolean; detail: string }[] }> {
     const latest = await latestVersion();
-    const databases = await Promise.all(this.all().map(async (c) => {
-      try {
-        const v = await withTimeout(installedVersion(c.sql), 2000);
-        return v === latest
-          ? { name: c.name, ok: true, detail: `schema version ${v}` }
-          : { name: c.name, ok: false, detail: `schema version ${v}, expected ${latest}` };
-      } catch (e) {
-        return { name: c.name, ok: false, detail: `unreachable: ${e instanceof Error ? e.message : String(e)}` };
-      }
-    }));
+    const databases = await Promise.all(
+      this.all().map(async (c) => {
+        try {
+          const v = await withTimeout(installedVersion(c.sql), 2000);
+          return v === latest
+            ? { name: c.name, ok: true, detail: `schema version ${v}` }
+            : { name: c.name, ok: false, detail: `schema version ${v}, expected ${latest}` };
+        } catch (e) {
+          return { name: c.name, ok: false, detail: `unreachable: ${e instanceof Error ? e.message : String(e)}` };
+        }
+      }),
+    );
     return { ready: databases.every((d) => d.ok), databases };
   }
 
@@ -112,7 +116,9 @@ async function ensureDatabase(url: string, name: string, log: Logger): Promise<v
     const [can] = await admin<{ ok: boolean }[]>`
       SELECT rolcreatedb OR rolsuper AS ok FROM pg_roles WHERE rolname = current_user`;
     if (can?.ok !== true) {
-      throw new Error(`Database "${name}" does not exist and this role may not create it; create it or fix TRICKLE_DATABASES`);
+      throw new Error(
+        `Database "${name}" does not exist and this role may not create it; create it or fix TRICKLE_DATABASES`,
+      );
     }
     // CREATE DATABASE takes no parameters; the name was validated as an identifier by config.ts and is quoted.
     await admin.unsafe(`CREATE DATABASE ${quoteIdent(name)}`).catch((e) => {
@@ -131,4 +137,3 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
     new Promise<T>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms))),
   ]);
 }
-

@@ -73,4 +73,3 @@ export function unsupportedQuery(reason: string): TrickleError {
 export function conflict(code: string, message: string): TrickleError {
   return new TrickleError(code, 409, message);
 }
-

@@ -30,7 +30,10 @@ export function parseSchedule(text: string): Schedule {
   }
   const fields = t.split(/\s+/).length;
   if (fields !== 5 && fields !== 6) {
-    throw invalidSchedule(text, "expected a duration such as 30s, 5m, 1h30m or 1d, or a cron expression of 5 or 6 fields");
+    throw invalidSchedule(
+      text,
+      "expected a duration such as 30s, 5m, 1h30m or 1d, or a cron expression of 5 or 6 fields",
+    );
   }
   try {
     const cron = new Cron(t, { paused: true, timezone: "UTC", mode: "5-or-6-parts" });

@@ -2,10 +2,23 @@
 import type { Tx } from "../db/pool.ts";
 import { DUPLICATE_TABLE, isPgError, isQueryError, UNIQUE_VIOLATION } from "../db/errors.ts";
 import { displayName, type QualifiedName, quoteIdent, quoteQualified } from "../db/identifiers.ts";
-import { findStreamTable, listDependencies, lockStreamTable, type RefreshMode, type StreamTableRow } from "./catalog.ts";
+import {
+  findStreamTable,
+  listDependencies,
+  lockStreamTable,
+  type RefreshMode,
+  type StreamTableRow,
+} from "./catalog.ts";
 import { installCapture, removeCaptureIfUnused } from "./cdc.ts";
 import type { DatabaseContext } from "./context.ts";
-import { conflict, invalidQuery, streamTableExists, streamTableNotFound, TrickleError, unsupportedQuery } from "./errors.ts";
+import {
+  conflict,
+  invalidQuery,
+  streamTableExists,
+  streamTableNotFound,
+  TrickleError,
+  unsupportedQuery,
+} from "./errors.ts";
 import { describeQuery } from "./query.ts";
 import { planQuery } from "./refresh/differential.ts";
 import type { QueryPlan } from "./refresh/plan.ts";
@@ -21,7 +34,10 @@ export interface CreateInput {
 }
 
 /** The mode a request resolves to with this plan, or the error refusing it. */
-export function effectiveMode(requested: RefreshMode, plan: QueryPlan): { mode: "FULL" | "DIFFERENTIAL"; reason: string | null } {
+export function effectiveMode(
+  requested: RefreshMode,
+  plan: QueryPlan,
+): { mode: "FULL" | "DIFFERENTIAL"; reason: string | null } {
   switch (requested) {
     case "FULL":
       return { mode: "FULL", reason: null };
@@ -84,7 +100,9 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
     for (const s of description.sources) await ctx.sql.begin((tx) => installCapture(tx, s));
     await refreshStreamTable(ctx, pgtId, { initiatedBy: "CREATE" }).catch((e) => {
       // The query was valid but failed on the data (division by zero, a bad cast...): the client's to fix.
-      throw isPgError(e) && isQueryError(e) ? invalidQuery(`The initial refresh failed: ${e.message}`, { sqlstate: e.code }) : e;
+      throw isPgError(e) && isQueryError(e)
+        ? invalidQuery(`The initial refresh failed: ${e.message}`, { sqlstate: e.code })
+        : e;
     });
   } catch (e) {
     await dropById(ctx, pgtId).catch((dropError) =>
@@ -137,7 +155,9 @@ export async function alterStreamTable(
         refresh_mode = ${input.refreshMode ?? st.refresh_mode},
         effective_refresh_mode = ${mode.mode},
         fallback_reason = ${mode.reason},
-        freshness_deadline_ms = ${input.freshnessDeadlineMs !== undefined ? input.freshnessDeadlineMs : st.freshness_deadline_ms},
+        freshness_deadline_ms = ${
+      input.freshnessDeadlineMs !== undefined ? input.freshnessDeadlineMs : st.freshness_deadline_ms
+    },
         status = ${resumed && st.frontier === null ? "INITIALIZING" : status},
         consecutive_errors = ${resumed ? 0 : st.consecutive_errors},
         last_error = ${resumed ? null : st.last_error},

@@ -34,7 +34,9 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     bodyLimit({
       maxSize: deps.bodyLimitBytes,
       onError: () =>
-        problemResponse(problem(413, "PayloadTooLarge", `The request body is larger than ${deps.bodyLimitBytes} bytes`)),
+        problemResponse(
+          problem(413, "PayloadTooLarge", `The request body is larger than ${deps.bodyLimitBytes} bytes`),
+        ),
     }),
   );
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));

@@ -18,7 +18,10 @@ const OPEN_PATHS = new Set(["/health", "/ready"]);
  * Writes need the admin token; reads need the read token or the admin token (open when no read token is set).
  * With no admin token at all, everything is open and the server only listens on loopback (main.ts).
  */
-export function auth(settings: AuthSettings, options: { readPaths?: (path: string) => boolean } = {}): MiddlewareHandler {
+export function auth(
+  settings: AuthSettings,
+  options: { readPaths?: (path: string) => boolean } = {},
+): MiddlewareHandler {
   return async (c, next) => {
     if (settings.adminToken === null || OPEN_PATHS.has(c.req.path)) return next();
     const isRead = READ_METHODS.has(c.req.method) || (options.readPaths?.(c.req.path) ?? false);
@@ -44,11 +47,16 @@ export function auth(settings: AuthSettings, options: { readPaths?: (path: strin
 
 /** Answers 503 Timeout when a handler runs past `ms` (the work it started may still finish). */
 export function requestTimeout(ms: number): MiddlewareHandler {
-  return async (c, next) => {
+  return async (_c, next) => {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const expired = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new HTTPException(503, { res: problemResponse(problem(503, "Timeout", `The request did not finish within ${ms} ms`)) })),
+        () =>
+          reject(
+            new HTTPException(503, {
+              res: problemResponse(problem(503, "Timeout", `The request did not finish within ${ms} ms`)),
+            }),
+          ),
         ms,
       );
     });

@@ -11,7 +11,10 @@ export const ProblemSchema = z.object({
 
 /** Error responses every route may give, as problem+json. */
 export function problems(...statuses: number[]) {
-  const out: Record<number, { description: string; content: { "application/problem+json": { schema: typeof ProblemSchema } } }> = {};
+  const out: Record<
+    number,
+    { description: string; content: { "application/problem+json": { schema: typeof ProblemSchema } } }
+  > = {};
   const text: Record<number, string> = {
     400: "Malformed request, unknown field, invalid name or schedule",
     401: "No bearer token",

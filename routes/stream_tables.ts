@@ -1,7 +1,13 @@
 /** /stream-tables: create, list, read, alter, drop, refresh now, history. */
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import { displayName, parseQualifiedName } from "../db/identifiers.ts";
-import { findStreamTable, listDependencies, listStreamTables, refreshHistory, type StreamTableRow } from "../engine/catalog.ts";
+import {
+  findStreamTable,
+  listDependencies,
+  listStreamTables,
+  refreshHistory,
+  type StreamTableRow,
+} from "../engine/catalog.ts";
 import type { Engine } from "../engine/engine.ts";
 import { streamTableNotFound } from "../engine/errors.ts";
 import { refreshStreamTable } from "../engine/refresh/refresh.ts";
@@ -73,18 +79,26 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       tags,
       summary: "List stream tables",
       request: { query: DatabaseQuery },
-      responses: { 200: { description: "All stream tables of the database", ...json(z.array(StreamTableSchema)) }, ...problems(401, 403, 404) },
+      responses: {
+        200: { description: "All stream tables of the database", ...json(z.array(StreamTableSchema)) },
+        ...problems(401, 403, 404),
+      },
     }),
     async (c) => {
       const ctx = engine.db(c.req.valid("query").database);
       const [rows, deps] = await Promise.all([listStreamTables(ctx.sql), listDependencies(ctx.sql)]);
-      return c.json(rows.map((st) =>
-        present(
-          ctx,
-          st,
-          deps.filter((d) => d.pgt_id === st.pgt_id).map((d) => displayName({ schema: d.source_schema, name: d.source_name })),
-        )
-      ), 200);
+      return c.json(
+        rows.map((st) =>
+          present(
+            ctx,
+            st,
+            deps.filter((d) => d.pgt_id === st.pgt_id).map((d) =>
+              displayName({ schema: d.source_schema, name: d.source_name })
+            ),
+          )
+        ),
+        200,
+      );
     },
   );
 
@@ -122,7 +136,10 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       tags,
       summary: "One stream table",
       request: { params: NameParam, query: DatabaseQuery },
-      responses: { 200: { description: "The stream table", ...json(StreamTableSchema) }, ...problems(400, 401, 403, 404) },
+      responses: {
+        200: { description: "The stream table", ...json(StreamTableSchema) },
+        ...problems(400, 401, 403, 404),
+      },
     }),
     async (c) => {
       const ctx = engine.db(c.req.valid("query").database);
@@ -137,7 +154,10 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       tags,
       summary: "Alter schedule, refresh mode or deadline; suspend (status SUSPENDED) or resume (status ACTIVE)",
       request: { params: NameParam, query: DatabaseQuery, body: { required: true, ...json(AlterStreamTableSchema) } },
-      responses: { 200: { description: "The altered stream table", ...json(StreamTableSchema) }, ...problems(400, 401, 403, 404, 413, 422) },
+      responses: {
+        200: { description: "The altered stream table", ...json(StreamTableSchema) },
+        ...problems(400, 401, 403, 404, 413, 422),
+      },
     }),
     async (c) => {
       const body = c.req.valid("json");
@@ -176,7 +196,10 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       tags,
       summary: "Refresh now (waits for a refresh already running)",
       request: { params: NameParam, query: DatabaseQuery },
-      responses: { 200: { description: "What the refresh did", ...json(RefreshResultSchema) }, ...problems(400, 401, 403, 404, 422, 503) },
+      responses: {
+        200: { description: "What the refresh did", ...json(RefreshResultSchema) },
+        ...problems(400, 401, 403, 404, 422, 503),
+      },
     }),
     async (c) => {
       const ctx = engine.db(c.req.valid("query").database);
@@ -204,10 +227,15 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
         params: NameParam,
         query: DatabaseQuery.extend({
           limit: z.coerce.number().int().min(1).max(1000).default(50),
-          before: z.coerce.number().int().positive().optional().openapi({ description: "Page: refresh_id to start below" }),
+          before: z.coerce.number().int().positive().optional().openapi({
+            description: "Page: refresh_id to start below",
+          }),
         }),
       },
-      responses: { 200: { description: "Refreshes", ...json(z.array(HistoryEntrySchema)) }, ...problems(400, 401, 403, 404) },
+      responses: {
+        200: { description: "Refreshes", ...json(z.array(HistoryEntrySchema)) },
+        ...problems(400, 401, 403, 404),
+      },
     }),
     async (c) => {
       const q = c.req.valid("query");
@@ -217,11 +245,14 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
         limit: q.limit,
         ...(q.before === undefined ? {} : { before: q.before }),
       });
-      return c.json(rows.map((r) => ({
-        ...r,
-        started_at: r.started_at.toISOString(),
-        finished_at: r.finished_at.toISOString(),
-      })), 200);
+      return c.json(
+        rows.map((r) => ({
+          ...r,
+          started_at: r.started_at.toISOString(),
+          finished_at: r.finished_at.toISOString(),
+        })),
+        200,
+      );
     },
   );
 

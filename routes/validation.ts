@@ -3,7 +3,7 @@ import type { Hook } from "@hono/zod-openapi";
 import { problem, problemResponse } from "./problem.ts";
 
 // deno-lint-ignore no-explicit-any
-export const validationHook: Hook<any, any, any, any> = (result, c) => {
+export const validationHook: Hook<any, any, any, any> = (result) => {
   if (result.success) return;
   const issues = result.error.issues.map((i) => ({
     path: i.path.join("."),

@@ -35,12 +35,16 @@ async function assertFresh(sql: Sql, table: string, query: string) {
 
 async function bufferRows(sql: Sql, source: string): Promise<number> {
   const { oid } = one(await sql<{ oid: number }[]>`SELECT ${source}::regclass::oid::int8 AS oid`);
-  const { n } = one(await sql.unsafe<{ n: number }[]>(`SELECT count(*)::int AS n FROM pgtrickle_changes.changes_${oid}`));
+  const { n } = one(
+    await sql.unsafe<{ n: number }[]>(`SELECT count(*)::int AS n FROM pgtrickle_changes.changes_${oid}`),
+  );
   return n;
 }
 
 async function historyCount(sql: Sql, pgtId: number): Promise<number> {
-  return one(await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history WHERE pgt_id = ${pgtId}`).n;
+  return one(
+    await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history WHERE pgt_id = ${pgtId}`,
+  ).n;
 }
 
 Deno.test({
@@ -87,7 +91,11 @@ Deno.test({
         await sql`INSERT INTO slow_src VALUES (1, 1)`;
         // The cross join with pg_sleep makes each FULL refresh take about 0.6 s.
         const q = "SELECT s.id, s.v FROM slow_src s CROSS JOIN (SELECT pg_sleep(0.6)) z";
-        const st = await create(ctx, "slow_st", "SELECT s.id, s.v FROM slow_src s CROSS JOIN (SELECT pg_sleep(0.6) AS z) z");
+        const st = await create(
+          ctx,
+          "slow_st",
+          "SELECT s.id, s.v FROM slow_src s CROSS JOIN (SELECT pg_sleep(0.6) AS z) z",
+        );
         const writer = await sql.reserve();
         try {
           await writer`BEGIN`;
@@ -174,23 +182,26 @@ Deno.test({
         await assertFresh(sql, "reader_b", "SELECT count(*) AS n FROM shared_src");
       });
 
-      await t.step("captured columns cannot be dropped from a source; columns added later reach new readers", async () => {
-        await sql`CREATE TABLE evolving (id int PRIMARY KEY, a int, b text)`;
-        await sql`INSERT INTO evolving VALUES (1, 1, 'x')`;
-        await create(ctx, "evolving_a", "SELECT id, a FROM evolving");
-        await assert.rejects(sql`ALTER TABLE evolving DROP COLUMN b`, /depend/);
-        await assert.rejects(sql`DROP TABLE evolving`, /depend/);
-        await sql`INSERT INTO evolving VALUES (2, 2, 'y')`; // writes still work
-        await sql`ALTER TABLE evolving ADD COLUMN c int DEFAULT 7`;
-        await sql`INSERT INTO evolving VALUES (3, 3, 'z', 9)`;
-        const st = await create(ctx, "evolving_c", "SELECT id, c FROM evolving WHERE c > 0");
-        await sql`UPDATE evolving SET c = c + 1`;
-        await sql`INSERT INTO evolving VALUES (4, 4, 'w', 1)`;
-        await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
-        await assertFresh(sql, "evolving_c", "SELECT id, c FROM evolving WHERE c > 0");
-        await tick();
-        await assertFresh(sql, "evolving_a", "SELECT id, a FROM evolving");
-      });
+      await t.step(
+        "captured columns cannot be dropped from a source; columns added later reach new readers",
+        async () => {
+          await sql`CREATE TABLE evolving (id int PRIMARY KEY, a int, b text)`;
+          await sql`INSERT INTO evolving VALUES (1, 1, 'x')`;
+          await create(ctx, "evolving_a", "SELECT id, a FROM evolving");
+          await assert.rejects(sql`ALTER TABLE evolving DROP COLUMN b`, /depend/);
+          await assert.rejects(sql`DROP TABLE evolving`, /depend/);
+          await sql`INSERT INTO evolving VALUES (2, 2, 'y')`; // writes still work
+          await sql`ALTER TABLE evolving ADD COLUMN c int DEFAULT 7`;
+          await sql`INSERT INTO evolving VALUES (3, 3, 'z', 9)`;
+          const st = await create(ctx, "evolving_c", "SELECT id, c FROM evolving WHERE c > 0");
+          await sql`UPDATE evolving SET c = c + 1`;
+          await sql`INSERT INTO evolving VALUES (4, 4, 'w', 1)`;
+          await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+          await assertFresh(sql, "evolving_c", "SELECT id, c FROM evolving WHERE c > 0");
+          await tick();
+          await assertFresh(sql, "evolving_a", "SELECT id, a FROM evolving");
+        },
+      );
     } finally {
       await svc.close();
     }

@@ -73,7 +73,11 @@ Deno.test({
     const sql = connect(urlForDatabase(serverUrl(), name), { max: 1 });
     try {
       const good = await loadMigrations();
-      const bad = [...good, { version: good.length + 1, name: "broken", sql: "CREATE TABLE pgtrickle.x (a int); SELECT 1/0;" }];
+      const bad = [...good, {
+        version: good.length + 1,
+        name: "broken",
+        sql: "CREATE TABLE pgtrickle.x (a int); SELECT 1/0;",
+      }];
       await assert.rejects(migrate(sql, bad), /division by zero/);
       assert.equal(await installedVersion(sql), good.length, "the good ones stay applied");
       const [row] = await sql<{ t: string | null }[]>`SELECT to_regclass('pgtrickle.x')::text AS t`;

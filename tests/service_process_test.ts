@@ -23,9 +23,11 @@ async function leaderPid(sql: Sql): Promise<number | null> {
 }
 
 async function refreshesBy(sql: Sql, pid: number): Promise<number> {
-  return one(await sql<{ n: number }[]>`
+  return one(
+    await sql<{ n: number }[]>`
     SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history
-    WHERE initiated_by = 'SCHEDULER' AND instance = ${"trickle:" + pid}`).n;
+    WHERE initiated_by = 'SCHEDULER' AND instance = ${"trickle:" + pid}`,
+  ).n;
 }
 
 async function post(proc: ServiceProcess, path: string, body: unknown): Promise<Response> {
@@ -48,7 +50,11 @@ Deno.test({
       procs.push(await spawnService({ databaseUrl: db.url }));
       procs.push(await spawnService({ databaseUrl: db.url }));
       const [a, b] = procs as [ServiceProcess, ServiceProcess];
-      const created = await post(a, "/stream-tables", { name: "totals", query: "SELECT sum(v) AS s FROM src", schedule: "1s" });
+      const created = await post(a, "/stream-tables", {
+        name: "totals",
+        query: "SELECT sum(v) AS s FROM src",
+        schedule: "1s",
+      });
       assert.equal(created.status, 201, await created.text());
 
       assert.ok(await eventually(async () => (await leaderPid(db.sql)) !== null, 5000), "someone leads");
@@ -61,10 +67,16 @@ Deno.test({
       leaderProc.kill("SIGKILL");
       await leaderProc.status;
       const t0 = Date.now();
-      assert.ok(await eventually(async () => (await leaderPid(db.sql)) === standby.pid, 10_000), "the standby takes over");
+      assert.ok(
+        await eventually(async () => (await leaderPid(db.sql)) === standby.pid, 10_000),
+        "the standby takes over",
+      );
       await db.sql`INSERT INTO src VALUES (11, 1000)`;
       assert.ok(
-        await eventually(async () => one(await db.sql<{ s: number }[]>`SELECT s::int AS s FROM totals`).s === 1055, 5000),
+        await eventually(
+          async () => one(await db.sql<{ s: number }[]>`SELECT s::int AS s FROM totals`).s === 1055,
+          5000,
+        ),
         "the new leader keeps the stream table fresh",
       );
       assert.ok(Date.now() - t0 < 10_000, "within a few seconds");
@@ -98,7 +110,8 @@ Deno.test({
       const query = "SELECT s.id, s.v FROM src s CROSS JOIN (SELECT pg_sleep(1.5) AS z) z";
       const created = await post(svc, "/stream-tables", { name: "slow", query, schedule: "1d", refresh_mode: "FULL" });
       assert.equal(created.status, 201, await created.text());
-      const frontier0 = one(await db.sql<{ f: string }[]>`SELECT frontier::text AS f FROM pgtrickle.pgt_stream_tables`).f;
+      const frontier0 =
+        one(await db.sql<{ f: string }[]>`SELECT frontier::text AS f FROM pgtrickle.pgt_stream_tables`).f;
 
       // SIGTERM while a manual refresh runs: the refresh completes and commits, the process exits 0.
       await db.sql`UPDATE src SET v = v + 100 WHERE id <= 5`;
@@ -109,8 +122,10 @@ Deno.test({
       assert.equal(status.code, 0, svc.log());
       const answer = await refreshing;
       assert.ok(answer instanceof Response && answer.status === 200, "the running request was answered");
-      const after = one(await db.sql<{ f: string; n: number }[]>`
-        SELECT frontier::text AS f, (SELECT count(*)::int FROM slow WHERE v > 100) AS n FROM pgtrickle.pgt_stream_tables`);
+      const after = one(
+        await db.sql<{ f: string; n: number }[]>`
+        SELECT frontier::text AS f, (SELECT count(*)::int FROM slow WHERE v > 100) AS n FROM pgtrickle.pgt_stream_tables`,
+      );
       assert.notEqual(after.f, frontier0);
       assert.equal(after.n, 5, "the refresh committed whole");
 
@@ -126,11 +141,15 @@ Deno.test({
       // The server rolls the transaction back when the connection drops.
       assert.ok(
         await eventually(async () =>
-          one(await db.sql<{ n: number }[]>`
-            SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${"trickle:" + svc2.pid}`).n === 0, 5000),
+          one(
+            await db.sql<{ n: number }[]>`
+            SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${"trickle:" + svc2.pid}`,
+          ).n === 0, 5000),
       );
-      const crashed = one(await db.sql<{ f: string; n: number }[]>`
-        SELECT frontier::text AS f, (SELECT count(*)::int FROM slow WHERE v > 1000) AS n FROM pgtrickle.pgt_stream_tables`);
+      const crashed = one(
+        await db.sql<{ f: string; n: number }[]>`
+        SELECT frontier::text AS f, (SELECT count(*)::int FROM slow WHERE v > 1000) AS n FROM pgtrickle.pgt_stream_tables`,
+      );
       assert.equal(crashed.f, after.f, "the frontier is the last committed one");
       assert.equal(crashed.n, 0, "no row of the killed refresh is visible");
 

@@ -1,6 +1,6 @@
 /** FULL refresh: recompute the defining query and replace the stream table's content, in the caller's transaction. */
 import type { Tx } from "../../db/pool.ts";
-import { quoteIdent, quoteQualified, type QualifiedName } from "../../db/identifiers.ts";
+import { type QualifiedName, quoteIdent, quoteQualified } from "../../db/identifiers.ts";
 import type { QueryDescription, QueryPlan } from "./plan.ts";
 
 /** A plan that can only be refreshed FULL: the storage holds exactly the query's columns. */

@@ -6,7 +6,7 @@
  */
 import type { Tx } from "../../db/pool.ts";
 import { isPgError, LOCK_NOT_AVAILABLE, withRetry } from "../../db/errors.ts";
-import { type StreamTableRow, lockStreamTable } from "../catalog.ts";
+import { lockStreamTable, type StreamTableRow } from "../catalog.ts";
 import { deltaStats, pruneBuffer } from "../cdc.ts";
 import type { DatabaseContext } from "../context.ts";
 import { TrickleError } from "../errors.ts";
@@ -71,7 +71,9 @@ export function chooseAction(input: {
       deltaRows: d,
     };
   }
-  if (input.predictedDiffMs !== null && input.predictedFullMs !== null && input.predictedDiffMs > input.predictedFullMs) {
+  if (
+    input.predictedDiffMs !== null && input.predictedFullMs !== null && input.predictedDiffMs > input.predictedFullMs
+  ) {
     return {
       action: "FULL",
       reason: `cost history predicts DIFFERENTIAL ${input.predictedDiffMs.toFixed(1)} ms > FULL ` +
@@ -198,7 +200,9 @@ async function decide(ctx: DatabaseContext, tx: Tx, st: StreamTableRow, sources:
       sourceRows = 0;
       for (const relid of sources) {
         // regclass::text is the server's own quoted rendering of the table's name.
-        const [r] = await tx.unsafe<{ n: number }[]>(`SELECT count(*)::int8 AS n FROM ${await regclassText(tx, relid)}`);
+        const [r] = await tx.unsafe<{ n: number }[]>(
+          `SELECT count(*)::int8 AS n FROM ${await regclassText(tx, relid)}`,
+        );
         sourceRows += r!.n;
       }
     }
@@ -288,4 +292,3 @@ async function recordFailure(
     ctx.log.error("could not record a refresh failure", { pgt_id: pgtId, error: e });
   }
 }
-

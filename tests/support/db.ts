@@ -19,7 +19,9 @@ export interface TestDatabase {
 export function serverUrl(): string {
   const url = Deno.env.get("TEST_DATABASE_URL");
   if (url === undefined || url === "") {
-    throw new Error("TEST_DATABASE_URL is not set: run the tests with `deno task test`, or point it at a PostgreSQL server");
+    throw new Error(
+      "TEST_DATABASE_URL is not set: run the tests with `deno task test`, or point it at a PostgreSQL server",
+    );
   }
   return url;
 }

@@ -13,7 +13,9 @@ export interface ServiceProcess {
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 /** Starts main.ts against `databaseUrl` and waits until /ready answers 200. */
-export async function spawnService(options: { databaseUrl: string; env?: Record<string, string> }): Promise<ServiceProcess> {
+export async function spawnService(
+  options: { databaseUrl: string; env?: Record<string, string> },
+): Promise<ServiceProcess> {
   const port = await freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN],

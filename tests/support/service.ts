@@ -43,7 +43,10 @@ export interface TestServiceOptions {
 /** Opens an engine over a fresh database (the scheduler is not started: tests drive it). */
 export async function startTestService(options: TestServiceOptions = {}): Promise<TestService> {
   const db = await freshDatabase();
-  const extra = Array.from({ length: options.extraDatabases ?? 0 }, () => `${db.name}_x${crypto.randomUUID().slice(0, 6)}`);
+  const extra = Array.from(
+    { length: options.extraDatabases ?? 0 },
+    () => `${db.name}_x${crypto.randomUUID().slice(0, 6)}`,
+  );
   const log = Deno.env.get("TEST_LOG") ? createLogger("debug") : silentLogger;
   const engine = await Engine.open({
     url: db.serverUrl,
