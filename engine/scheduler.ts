@@ -7,12 +7,16 @@
  */
 import type postgres from "postgres";
 import { listDependencies, listStreamTables } from "./catalog.ts";
+import { installCapture } from "./cdc.ts";
+import { describeSource } from "./query.ts";
 import type { Clock } from "./clock.ts";
 import type { DatabaseContext } from "./context.ts";
 import type { Logger } from "./log.ts";
 import { RefreshBusy, refreshStreamTable } from "./refresh/refresh.ts";
 import { nextDue, parseSchedule } from "./schedule.ts";
 
+/** An INITIALIZING stream table untouched this long was left by a crashed creation; the scheduler completes it. */
+const ABANDONED_CREATION_MS = 60_000;
 /** Advisory lock key for "this instance schedules this database" (arbitrary, fixed). */
 const LEADER_LOCK = 7_417_003;
 
@@ -181,7 +185,9 @@ export class Scheduler {
       upstream.set(dep.pgt_id, [...(upstream.get(dep.pgt_id) ?? []), dep.source_pgt_id]);
     }
     const due = tables.filter((st) => {
-      if (st.status !== "ACTIVE" || d.inflight.has(st.pgt_id)) return false;
+      if (d.inflight.has(st.pgt_id)) return false;
+      if (st.status === "INITIALIZING") return now.getTime() - st.updated_at.getTime() > ABANDONED_CREATION_MS;
+      if (st.status !== "ACTIVE") return false;
       try {
         return nextDue(parseSchedule(st.schedule), st.last_refresh_at, now) <= now;
       } catch {
@@ -192,37 +198,62 @@ export class Scheduler {
     for (const st of orderByDependencies(due, upstream)) {
       const waitFor = (upstream.get(st.pgt_id) ?? []).map((id) => d.inflight.get(id)).filter((p) => p !== undefined);
       d.queued++;
-      const job = this.#run(d, st.pgt_id, waitFor).finally(() => d.inflight.delete(st.pgt_id));
+      const prepare = st.status === "INITIALIZING" ? () => this.#finishCreation(d, st.pgt_id) : null;
+      const job = this.#run(d, st.pgt_id, waitFor, prepare).finally(() => d.inflight.delete(st.pgt_id));
       d.inflight.set(st.pgt_id, job);
     }
   }
 
-  async #run(d: DbState, pgtId: number, waitFor: Promise<void>[]): Promise<void> {
+  async #run(
+    d: DbState,
+    pgtId: number,
+    waitFor: Promise<void>[],
+    prepare: (() => Promise<void>) | null,
+  ): Promise<void> {
     await Promise.allSettled(waitFor);
     await this.#acquire(d);
-    d.queued--;
-    d.active++;
     try {
+      if (prepare !== null) await prepare();
       if (!this.#stopped) await refreshStreamTable(d.ctx, pgtId, { initiatedBy: "SCHEDULER", skipIfBusy: true });
     } catch (e) {
       if (!(e instanceof RefreshBusy)) {
         this.#log.debug("scheduled refresh failed", { database: d.ctx.name, pgt_id: pgtId, error: e });
       }
     } finally {
-      d.active--;
-      this.#release();
+      this.#release(d);
     }
+  }
+
+  /**
+   * A creation interrupted by a crash left its stream table INITIALIZING, maybe without capture on every source.
+   * Capture is (re)installed, committed, before the refresh that completes the creation takes its snapshot.
+   */
+  async #finishCreation(d: DbState, pgtId: number): Promise<void> {
+    const deps = (await listDependencies(d.ctx.sql)).filter((dep) => dep.pgt_id === pgtId);
+    for (const dep of deps) {
+      const source = await describeSource(d.ctx.sql, {
+        relid: dep.source_relid,
+        schema: dep.source_schema,
+        name: dep.source_name,
+      });
+      await d.ctx.sql.begin((tx) => installCapture(tx, source));
+    }
+    this.#log.warn("finishing an interrupted creation", { database: d.ctx.name, pgt_id: pgtId });
   }
 
   async #acquire(d: DbState): Promise<void> {
     while (this.#active >= this.#settings.maxWorkers || d.active >= this.quota()) {
       await new Promise<void>((r) => this.#waiters.push(r));
     }
+    // Counted in the same turn as the check, so no other waiter can pass it meanwhile.
     this.#active++;
+    d.active++;
+    d.queued--;
   }
 
-  #release(): void {
+  #release(d: DbState): void {
     this.#active--;
+    d.active--;
     const waiters = this.#waiters;
     this.#waiters = [];
     for (const w of waiters) w();
