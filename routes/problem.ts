@@ -50,6 +50,16 @@ export function errorToResponse(err: unknown, c: Context, log: Logger): Response
   if (err instanceof HTTPException) {
     if (err.res !== undefined) return err.res;
     const status = err.status;
+    if (status === 415) {
+      return problemResponse(
+        problem(
+          415,
+          "UnsupportedMediaType",
+          "The request body must be JSON, sent with content-type: application/json",
+          ids,
+        ),
+      );
+    }
     const code = status === 400 ? "BadRequest" : status === 401 ? "Unauthorized" : `Http${status}`;
     return problemResponse(problem(status, code, err.message || TITLES[status] || "Error", ids));
   }
