@@ -67,7 +67,8 @@ export const StreamTableSchema = z.object({
 }).openapi("StreamTable");
 
 export const CreateStreamTableSchema = z.object({
-  name: z.string().openapi({ example: "order_totals", description: "table or schema.table" }), // checked by parseQualifiedName (InvalidName)
+  // Not min(1): an empty name is refused by parseQualifiedName as InvalidName, like every other bad name.
+  name: z.string().openapi({ example: "order_totals", description: "table or schema.table" }),
   query: z.string().min(1).max(100_000).openapi({
     example: "SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id",
   }),
