@@ -115,13 +115,15 @@ export async function loadConfig(options: LoadOptions = {}): Promise<Config> {
     }
   }
   const out: Record<string, unknown> = {};
+  // An empty variable counts as unset (`TRICKLE_PORT=` must not mean port 0).
+  const fromEnv = (variable: string) => env[variable] !== undefined && env[variable] !== "";
   for (const [key, [variable, schema, fallback]] of Object.entries(SETTINGS)) {
-    const raw = env[variable] !== undefined ? env[variable] : key in file ? file[key] : fallback;
+    const raw = fromEnv(variable) ? env[variable] : key in file ? file[key] : fallback;
     const result = (schema as z.ZodType).safeParse(raw);
     if (result.success) {
       out[key] = result.data;
     } else {
-      const source = env[variable] !== undefined ? variable : key in file ? `"${key}" in ${configPath}` : key;
+      const source = fromEnv(variable) ? variable : key in file ? `"${key}" in ${configPath}` : key;
       // The value itself is not echoed: it may be a token or a URL with a password.
       problems.push(`${source}: ${result.error.issues.map((i) => i.message).join("; ")}`);
     }

@@ -69,6 +69,11 @@ export function unsupportedQuery(reason: string): TrickleError {
   );
 }
 
+/** 422: a refresh failed on the data (the query is valid but errors on what the sources now hold). */
+export function refreshFailed(message: string, sqlstate: string): TrickleError {
+  return new TrickleError("RefreshFailed", 422, `The refresh failed: ${message}`, { sqlstate });
+}
+
 /** 409: the operation conflicts with the current state (a dependent stream table, a refresh in progress). */
 export function conflict(code: string, message: string): TrickleError {
   return new TrickleError(code, 409, message);

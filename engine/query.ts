@@ -35,6 +35,11 @@ export async function parseSelect(query: string): Promise<Record<string, unknown
     throw invalidQuery(`The defining query must be a SELECT; found ${Object.keys(stmt ?? {})[0] ?? "nothing"}`);
   }
   if (select["intoClause"] !== undefined) throw invalidQuery("The defining query must not use SELECT ... INTO");
+  if (select["lockingClause"] !== undefined) {
+    throw invalidQuery(
+      "The defining query must not lock rows (FOR UPDATE / FOR SHARE): every refresh would block writers",
+    );
+  }
   return select;
 }
 

@@ -119,10 +119,8 @@ async function createStorage(tx: Tx, name: QualifiedName, plan: QueryPlan): Prom
   // Column names and types come from PostgreSQL's description of the query, each name quoted.
   await tx.unsafe(`CREATE TABLE ${quoteQualified(name)} (${cols.join(", ")})`);
   if (plan.uniqueKey !== null && plan.uniqueKey.length > 0) {
-    const index = quoteIdent(`${name.name}__pgt_key`.slice(0, 63));
-    await tx.unsafe(
-      `CREATE UNIQUE INDEX ${index} ON ${quoteQualified(name)} (${plan.uniqueKey.map(quoteIdent).join(", ")})`,
-    );
+    // Unnamed: PostgreSQL picks a name that cannot clash with another relation.
+    await tx.unsafe(`CREATE UNIQUE INDEX ON ${quoteQualified(name)} (${plan.uniqueKey.map(quoteIdent).join(", ")})`);
   }
 }
 

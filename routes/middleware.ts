@@ -68,11 +68,14 @@ export function requestTimeout(ms: number): MiddlewareHandler {
   };
 }
 
-/** One log line per request, with its id, status and duration (never headers or bodies). */
+/** One log line per request, with its id, status and duration (never headers or bodies); the id on every answer. */
 export function accessLog(log: Logger): MiddlewareHandler {
   return async (c, next) => {
     const t0 = performance.now();
     await next();
+    // Answers built as plain Responses (problems) lose the header hono's requestId middleware set on the context.
+    const id = c.get("requestId" as never) as string | undefined;
+    if (id !== undefined && !c.res.headers.has("x-request-id")) c.res.headers.set("x-request-id", id);
     log.info("request", {
       request_id: c.get("requestId" as never),
       method: c.req.method,

@@ -9,7 +9,8 @@ import {
   type StreamTableRow,
 } from "../engine/catalog.ts";
 import type { Engine } from "../engine/engine.ts";
-import { streamTableNotFound } from "../engine/errors.ts";
+import { refreshFailed, streamTableNotFound } from "../engine/errors.ts";
+import { isPgError, isQueryError } from "../db/errors.ts";
 import { refreshStreamTable } from "../engine/refresh/refresh.ts";
 import { alterStreamTable, createStreamTable, dropStreamTable } from "../engine/stream_tables.ts";
 import type { DatabaseContext } from "../engine/context.ts";
@@ -204,7 +205,10 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
     async (c) => {
       const ctx = engine.db(c.req.valid("query").database);
       const st = await mustFind(ctx, c.req.valid("param").name);
-      const r = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+      const r = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" }).catch((e) => {
+        // The query failed on the current data (division by zero, a bad cast...): the user's to fix, not a 500.
+        throw isPgError(e) && isQueryError(e) ? refreshFailed(e.message, e.code) : e;
+      });
       return c.json({
         action: r.action,
         reason: r.reason,

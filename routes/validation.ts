@@ -3,7 +3,7 @@ import type { Hook } from "@hono/zod-openapi";
 import { problem, problemResponse } from "./problem.ts";
 
 // deno-lint-ignore no-explicit-any
-export const validationHook: Hook<any, any, any, any> = (result) => {
+export const validationHook: Hook<any, any, any, any> = (result, c) => {
   if (result.success) return;
   const issues = result.error.issues.map((i) => ({
     path: i.path.join("."),
@@ -11,5 +11,11 @@ export const validationHook: Hook<any, any, any, any> = (result) => {
     ...("keys" in i ? { keys: (i as { keys: string[] }).keys } : {}),
   }));
   const detail = issues.map((i) => (i.path === "" ? i.message : `${i.path}: ${i.message}`)).join("; ");
-  return problemResponse(problem(400, "BadRequest", `Invalid ${result.target}: ${detail}`, { issues }));
+  const requestId = c.get("requestId" as never) as string | undefined;
+  return problemResponse(
+    problem(400, "BadRequest", `Invalid ${result.target}: ${detail}`, {
+      issues,
+      ...(requestId === undefined ? {} : { request_id: requestId }),
+    }),
+  );
 };

@@ -474,7 +474,12 @@ Deno.test({
           201,
         );
         await sql`UPDATE flaky SET v = 0 WHERE id = 2`;
-        await problem(await req("POST", "/stream-tables/flaky_ratio/refresh"), 422, "InvalidQuery", /division by zero/);
+        await problem(
+          await req("POST", "/stream-tables/flaky_ratio/refresh"),
+          422,
+          "RefreshFailed",
+          /division by zero/,
+        );
       });
 
       await t.step("failed refreshes are recorded; after max_consecutive_errors: ERROR; ACTIVE resumes", async () => {
