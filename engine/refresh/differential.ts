@@ -81,6 +81,8 @@ interface SourceData {
   buffer: string;
   /** Quoted column names, in table order. */
   columns: string[];
+  /** Quoted primary-key (or unique key) columns. */
+  key: string[];
 }
 
 /** The `differential` field of a QueryPlan this module produces. */
@@ -647,6 +649,7 @@ async function resolveRef(
       table: quoteQualified(source),
       buffer: `pgtrickle_changes.${quoteIdent(source.bufferTable)}`,
       columns: source.columns.map((c) => quoteIdent(c.name)),
+      key: source.primaryKey.map(quoteIdent),
     });
   }
   const alias = child(rv, "alias");
@@ -1002,16 +1005,28 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   };
   try {
     for (const [i, s] of plan.sources.entries()) {
-      const d = await temp(
-        `pgt_delta_${s.relid}`,
-        `SELECT ${s.columns.join(", ")}, CASE WHEN action = 'I' THEN 1 ELSE -1 END::int8 AS "__pgt_w"
-         FROM ${s.buffer} WHERE action IN ('I', 'D') AND xid >= pg_snapshot_xmin($1::pg_snapshot)
+      const raw = await temp(
+        `pgt_raw_${s.relid}`,
+        `SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}
+         WHERE action IN ('I', 'D') AND xid >= pg_snapshot_xmin($1::pg_snapshot)
            AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot)`,
-        `SELECT ${s.columns.join(", ")}, 0::int8 AS "__pgt_w" FROM ${s.buffer}`,
+        `SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}`,
         [options.frontier],
       );
+      if (raw.rows === 0) continue;
+      result.deltaRows += raw.rows;
+      // Consolidated per key: the row as it was at the frontier (weight -1; the first change of a key is a 'D'
+      // exactly when the key existed then) and as it is now (+1). A key changed a thousand times is two rows.
+      const key = s.key.join(", ");
+      const d = await temp(
+        `pgt_delta_${s.relid}`,
+        `SELECT ${s.columns.join(", ")}, -1::int8 AS "__pgt_w" FROM (
+           SELECT DISTINCT ON (${key}) * FROM ${raw.name} ORDER BY ${key}, change_id) f WHERE action = 'D'
+         UNION ALL
+         SELECT ${s.columns.map((c) => `t.${c}`).join(", ")}, 1::int8 FROM ${s.table} t
+         WHERE (${s.key.map((c) => `t.${c}`).join(", ")}) IN (SELECT ${key} FROM ${raw.name})`,
+      );
       if (d.rows === 0) continue;
-      result.deltaRows += d.rows;
       deltas.tables.set(i, d.name);
       await tx.unsafe(`ANALYZE ${d.name}`);
     }
