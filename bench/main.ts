@@ -1,0 +1,145 @@
+/**
+ * `deno task bench`: starts the embedded PostgreSQL (unless BENCH_DATABASE_URL or TEST_DATABASE_URL names a server),
+ * runs the benchmarks, each on fresh databases, prints every figure beside the baseline measured in the same run
+ * with their ratio and goal, then stops the server.
+ *
+ *   deno task bench                          all benchmarks
+ *   deno task bench --only foundation        one of: foundation, differential
+ *
+ * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
+ */
+import { startEmbedded } from "../db/embedded.ts";
+import { connect } from "../db/pool.ts";
+import { createLogger } from "../engine/log.ts";
+import { runFoundationBench } from "./foundation_bench.ts";
+import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
+
+const SUITES = ["foundation", "differential"] as const;
+type Suite = typeof SUITES[number];
+
+/**
+ * The differential engine's benchmark, written separately. Its module is expected to export
+ * `runDifferentialBench(opts: BenchOptions): Promise<Figure[]>` (types in bench/support.ts): it creates its own
+ * fresh databases on `opts.serverUrl` (or through tests/support, TEST_DATABASE_URL is set) and returns its figures,
+ * which are printed in the same table. Until the file exists the suite is reported as not present.
+ */
+const DIFFERENTIAL_BENCH = new URL("./differential_bench.ts", import.meta.url);
+
+async function runDifferentialHook(opts: BenchOptions): Promise<Figure[] | null> {
+  try {
+    await Deno.stat(DIFFERENTIAL_BENCH);
+  } catch {
+    return null;
+  }
+  // A computed specifier: the module may not exist yet, and bench/main.ts must type-check and run without it.
+  const mod = await import(DIFFERENTIAL_BENCH.href) as { runDifferentialBench?: unknown };
+  if (typeof mod.runDifferentialBench !== "function") {
+    throw new Error(`bench/differential_bench.ts does not export a function "runDifferentialBench"`);
+  }
+  const figures: unknown = await mod.runDifferentialBench(opts);
+  if (!Array.isArray(figures) || !figures.every(isFigure)) {
+    throw new Error(`runDifferentialBench should return Figure[] (bench/support.ts); it returned ${String(figures)}`);
+  }
+  return figures;
+}
+
+function isFigure(x: unknown): x is Figure {
+  const f = x as Partial<Figure> | null;
+  return typeof f === "object" && f !== null && typeof f.name === "string" && typeof f.measuredMs === "number" &&
+    typeof f.baselineMs === "number" && typeof f.baseline === "string" && typeof f.runs === "number" &&
+    (f.goal?.kind === "ratio" || f.goal?.kind === "ms") && typeof f.goal.max === "number";
+}
+
+async function serverVersion(url: string): Promise<string> {
+  const sql = connect(url, { max: 1 });
+  try {
+    const [row] = await sql<{ v: string }[]>`SELECT 'PostgreSQL ' || current_setting('server_version') AS v`;
+    return row!.v;
+  } finally {
+    await sql.end();
+  }
+}
+
+function parseArgs(args: string[]): Suite[] {
+  const usage = `usage: deno task bench [--only ${SUITES.join("|")}]`;
+  if (args.length === 0) return [...SUITES];
+  const value = args[0] === "--only" ? args[1] : args[0]?.startsWith("--only=") ? args[0].slice(7) : undefined;
+  const consumed = args[0] === "--only" ? 2 : 1;
+  if (value === undefined || args.length > consumed || !(SUITES as readonly string[]).includes(value)) {
+    console.error(usage);
+    Deno.exit(2);
+  }
+  return [value as Suite];
+}
+
+const suites = parseArgs(Deno.args);
+const encoder = new TextEncoder();
+const progress = (line: string) => Deno.stderr.writeSync(encoder.encode(`bench: ${line}\n`));
+
+let serverUrl = Deno.env.get("BENCH_DATABASE_URL") || Deno.env.get("TEST_DATABASE_URL") || "";
+let stop = async () => {};
+if (serverUrl === "") {
+  const dataDir = `.trickle-test/bench-${Deno.pid}`;
+  progress("starting the embedded PostgreSQL");
+  const server = await startEmbedded({ dataDir, log: createLogger("warn"), ephemeral: true });
+  serverUrl = server.url;
+  stop = async () => {
+    await server.stop();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  };
+}
+// Ctrl-C stops the embedded server too, instead of leaving it running.
+Deno.addSignalListener("SIGINT", () => {
+  progress("interrupted, stopping");
+  stop().finally(() => Deno.exit(130));
+});
+// tests/support (fresh databases, the engine over them) reads the server from here.
+Deno.env.set("TEST_DATABASE_URL", serverUrl);
+
+const opts: BenchOptions = { serverUrl, progress };
+const figures: Figure[] = [];
+const notes: string[] = [];
+let failed = false;
+let version = "PostgreSQL (version unknown)";
+// These machines are shared: the load beside the figures says how much to trust them.
+const loadBefore = Deno.loadavg()[0]!;
+const t0 = performance.now();
+try {
+  version = await serverVersion(serverUrl);
+  for (const suite of suites) {
+    try {
+      if (suite === "foundation") {
+        figures.push(...await runFoundationBench(opts));
+      } else {
+        const diff = await runDifferentialHook(opts);
+        if (diff === null) notes.push("differential: bench/differential_bench.ts is not present yet, nothing measured");
+        else figures.push(...diff);
+      }
+    } catch (e) {
+      failed = true;
+      notes.push(`${suite}: FAILED: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+    }
+  }
+} catch (e) {
+  failed = true;
+  notes.push(`FAILED: ${e instanceof Error ? e.message : String(e)}`);
+} finally {
+  await stop();
+}
+
+console.log(
+  `\ntrickle bench: ${version}, ${navigator.hardwareConcurrency} CPUs, ${
+    ((performance.now() - t0) / 1000).toFixed(0)
+  } s, ` +
+    `load average ${loadBefore.toFixed(1)} before, ${Deno.loadavg()[0]!.toFixed(1)} after\n`,
+);
+if (figures.length > 0) console.log(renderTable(figures));
+const missed = figures.filter((f) => !passes(f));
+if (figures.length > 0) {
+  console.log(
+    `\n${figures.length - missed.length} of ${figures.length} figures meet their goal` +
+      (missed.length > 0 ? `; MISS: ${missed.map((f) => f.name).join("; ")}` : ""),
+  );
+}
+for (const n of notes) console.log(n);
+Deno.exit(failed ? 1 : 0);
