@@ -1015,13 +1015,15 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
       );
       if (raw.rows === 0) continue;
       result.deltaRows += raw.rows;
-      // Consolidated per key: the row as it was at the frontier (weight -1; the first change of a key is a 'D'
-      // exactly when the key existed then) and as it is now (+1). A key changed a thousand times is two rows.
+      // Consolidated per key: the row as it was at the frontier (weight -1; the first change of a key, in
+      // (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1). A key changed
+      // a thousand times is two rows.
       const key = s.key.join(", ");
       const d = await temp(
         `pgt_delta_${s.relid}`,
         `SELECT ${s.columns.join(", ")}, -1::int8 AS "__pgt_w" FROM (
-           SELECT DISTINCT ON (${key}) * FROM ${raw.name} ORDER BY ${key}, change_id) f WHERE action = 'D'
+           SELECT DISTINCT ON (${key}) * FROM ${raw.name} ORDER BY ${key}, change_id, action) f
+           WHERE action = 'D'
          UNION ALL
          SELECT ${s.columns.map((c) => `t.${c}`).join(", ")}, 1::int8 FROM ${s.table} t
          WHERE (${s.key.map((c) => `t.${c}`).join(", ")}) IN (SELECT ${key} FROM ${raw.name})`,
