@@ -22,6 +22,7 @@ import {
 import { describeQuery } from "./query.ts";
 import { planQuery } from "./refresh/differential.ts";
 import type { QueryPlan } from "./refresh/plan.ts";
+import { fullOnlyPlan } from "./refresh/full.ts";
 import { refreshStreamTable } from "./refresh/refresh.ts";
 import { parseSchedule } from "./schedule.ts";
 
@@ -65,7 +66,11 @@ export function effectiveMode(
 export async function createStreamTable(ctx: DatabaseContext, input: CreateInput): Promise<StreamTableRow> {
   parseSchedule(input.schedule);
   const description = await describeQuery(ctx.sql, input.query);
-  const plan = await planQuery(ctx.sql, { query: input.query, description, requested: input.refreshMode });
+  // FULL stores the query's result as it is: no hidden columns or key index to maintain (PATCH to AUTO or
+  // DIFFERENTIAL re-plans and extends the storage).
+  const plan = input.refreshMode === "FULL"
+    ? fullOnlyPlan(input.query, description, "refresh mode FULL was requested")
+    : await planQuery(ctx.sql, { query: input.query, description, requested: input.refreshMode });
   const { mode, reason } = effectiveMode(input.refreshMode, plan);
   const label = displayName(input.name);
   let pgtId: number;
@@ -142,10 +147,13 @@ export async function alterStreamTable(
     const found = await findStreamTable(tx, name);
     if (found === undefined) throw streamTableNotFound(displayName(name), ctx.name);
     const st = (await lockStreamTable(tx, found.pgt_id))!;
+    let plan = st.plan;
+    if (input.refreshMode !== undefined && input.refreshMode !== "FULL" && plan.differential === null) {
+      plan = await upgradePlan(tx, st, input.refreshMode);
+    }
     const mode = input.refreshMode === undefined
       ? { mode: st.effective_refresh_mode, reason: st.fallback_reason }
-      : effectiveMode(input.refreshMode, st.plan);
-    const status = input.status ?? st.status;
+      : effectiveMode(input.refreshMode, plan);
     const resumed = input.status === "ACTIVE";
     await tx`
       UPDATE pgtrickle.pgt_stream_tables SET
@@ -156,7 +164,7 @@ export async function alterStreamTable(
         freshness_deadline_ms = ${
       input.freshnessDeadlineMs !== undefined ? input.freshnessDeadlineMs : st.freshness_deadline_ms
     },
-        status = ${resumed && st.frontier === null ? "INITIALIZING" : status},
+        status = ${input.status ?? st.status},
         consecutive_errors = ${resumed ? 0 : st.consecutive_errors},
         last_error = ${resumed ? null : st.last_error},
         updated_at = now()
@@ -164,6 +172,28 @@ export async function alterStreamTable(
   });
   ctx.log.info("stream table altered", { stream_table: displayName(name), changes: Object.keys(input) });
   return (await findStreamTable(ctx.sql, name))!;
+}
+
+/**
+ * A stream table planned for FULL only may be maintainable differentially: plan again and, when it is, add the
+ * hidden columns and key index to its storage (same table: grants and readers keep working). The frontier is
+ * cleared so the next refresh is FULL and fills them.
+ */
+async function upgradePlan(tx: Tx, st: StreamTableRow, requested: RefreshMode): Promise<QueryPlan> {
+  const description = await describeQuery(tx, st.defining_query);
+  const plan = await planQuery(tx, { query: st.defining_query, description, requested });
+  if (plan.unsupportedReason !== null) return plan;
+  const target = { schema: st.pgt_schema, name: st.pgt_name };
+  // Hidden column names and types come from the planner (catalog types), each name quoted.
+  for (const c of plan.hiddenColumns) {
+    await tx.unsafe(`ALTER TABLE ${quoteQualified(target)} ADD COLUMN ${quoteIdent(c.name)} ${c.type}`);
+  }
+  if (plan.uniqueKey !== null && plan.uniqueKey.length > 0) {
+    await tx.unsafe(`CREATE UNIQUE INDEX ON ${quoteQualified(target)} (${plan.uniqueKey.map(quoteIdent).join(", ")})`);
+  }
+  await tx`UPDATE pgtrickle.pgt_stream_tables SET plan = ${tx.json(plan as never)}, frontier = NULL
+    WHERE pgt_id = ${st.pgt_id}`;
+  return plan;
 }
 
 /** Drops a stream table, its storage, and the capture on sources no other stream table reads. */

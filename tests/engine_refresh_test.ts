@@ -234,6 +234,32 @@ Deno.test({
         await tick();
         await assertFresh(sql, "interrupted", "SELECT id, v FROM interrupted_src");
       });
+
+      await t.step(
+        "a FULL stream table stores the bare result; switching to AUTO adds what DIFFERENTIAL needs",
+        async () => {
+          await sql`CREATE TABLE modes_src (id int PRIMARY KEY, g int, v int)`;
+          await sql`INSERT INTO modes_src SELECT i, i % 4, i FROM generate_series(1, 40) i`;
+          const q = "SELECT g, count(*) AS n, sum(v) AS s FROM modes_src GROUP BY g";
+          const st = await create(ctx, "modes", q, "FULL");
+          const columns = async () =>
+            (await sql<{ c: string }[]>`SELECT attname AS c FROM pg_attribute
+            WHERE attrelid = 'modes'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`).map((r) => r.c);
+          assert.deepEqual(await columns(), ["g", "n", "s"]);
+          const altered = await alterStreamTable(ctx, { schema: "public", name: "modes" }, { refreshMode: "AUTO" });
+          assert.equal(altered.effective_refresh_mode, "DIFFERENTIAL");
+          assert.ok((await columns()).includes("__pgt_row_id"));
+          assert.equal(altered.pgt_relid, st.pgt_relid, "the same table: grants and readers keep working");
+          await sql`UPDATE modes_src SET v = v + 1 WHERE id < 5`;
+          const first = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+          assert.equal(first.action, "FULL", "the hidden columns are filled by a FULL refresh first");
+          await assertFresh(sql, "modes", q);
+          await sql`UPDATE modes_src SET g = 9 WHERE id = 7`;
+          const second = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+          assert.equal(second.action, "DIFFERENTIAL");
+          await assertFresh(sql, "modes", q);
+        },
+      );
     } finally {
       await svc.close();
     }
