@@ -51,11 +51,16 @@ Deno.test({
           assert.equal(Number(row!["n"]), 0, `${name}: FULL and DIFFERENTIAL differ`);
         }
       }
+      const unchanged: string[] = [];
       for (const t of tables.filter((t) => t.mode === "DIFFERENTIAL")) {
         const actions = t.st.refreshes.slice(1).map((r) => r.action);
         assert.ok(actions.every((a) => a === "DIFFERENTIAL"), `${t.name}: ${actions.join(",")}`);
-        assert.ok(t.st.refreshes.slice(1).some((r) => r.inserted + r.deleted > 0), `${t.name} changed at some point`);
+        if (!t.st.refreshes.slice(1).some((r) => r.inserted + r.deleted > 0)) unchanged.push(t.name);
       }
+      // The workload must reach every query (Q5 is narrow: a replayed seed may miss it, the default one does not).
+      if (Deno.env.get("ORACLE_SEED") === undefined) {
+        assert.deepEqual(unchanged, [], "queries the changes never reached");
+      } else if (unchanged.length > 0) console.warn(`seed ${seed}: no change reached ${unchanged.join(", ")}`);
     } catch (e) {
       console.error(`TPC-H oracle failed at ${step}; replay with ORACLE_SEED=${seed}`);
       throw e;

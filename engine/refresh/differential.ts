@@ -21,6 +21,7 @@
 import { loadModule, parseSync, scanSync } from "libpg-query";
 import type { Sql, Tx } from "../../db/pool.ts";
 import { quoteIdent, quoteQualified } from "../../db/identifiers.ts";
+import { deltaFilter } from "../cdc.ts";
 import type { Column, QueryDescription, QueryPlan } from "./plan.ts";
 
 type Node = Record<string, unknown>;
@@ -987,172 +988,129 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   if (plan === null || plan.version !== 1) throw new Error("This stream table has no differential plan");
   const target = quoteQualified(options.target);
   const result: ApplyResult = { inserted: 0, deleted: 0, deltaRows: 0 };
+  // Everything below is generated from the plan: quoted catalog names and the defining query's own clauses (SQL by
+  // design, checked at creation); the frontier is always a bind parameter.
+  const changed = await tx.unsafe<{ i: number }[]>(
+    plan.sources.map((s, i) => `SELECT ${i} AS i WHERE EXISTS (SELECT 1 FROM ${s.buffer} WHERE ${deltaFilter("$1")})`)
+      .join(" UNION ALL "),
+    [options.frontier],
+  );
+  if (changed.length === 0) return result;
   const deltas: Deltas = { tables: new Map() };
-  const temps: string[] = [];
-  const temp = async (name: string, select: string, definition: string | null = null, params: string[] = []) => {
-    const q = `pg_temp.${quoteIdent(name)}`;
-    // Generated from the plan: quoted catalog names and the defining query's own clauses (SQL by design).
-    await tx.unsafe(`DROP TABLE IF EXISTS ${q}`);
-    temps.push(q);
-    if (definition === null) {
-      const r = await tx.unsafe(`CREATE TEMP TABLE ${quoteIdent(name)} ON COMMIT DROP AS ${select}`);
-      return { name: q, rows: r.count };
-    }
-    // CREATE TABLE AS takes no bind parameters: create the shape, then fill it with a parameterised INSERT.
-    await tx.unsafe(`CREATE TEMP TABLE ${quoteIdent(name)} ON COMMIT DROP AS ${definition} WITH NO DATA`);
-    const r = await tx.unsafe(`INSERT INTO ${q} ${select}`, params);
-    return { name: q, rows: r.count };
-  };
-  try {
-    for (const [i, s] of plan.sources.entries()) {
-      const raw = await temp(
-        `pgt_raw_${s.relid}`,
-        `SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}
-         WHERE action IN ('I', 'D') AND xid >= pg_snapshot_xmin($1::pg_snapshot)
-           AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot)`,
-        `SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}`,
-        [options.frontier],
-      );
-      if (raw.rows === 0) continue;
-      result.deltaRows += raw.rows;
-      // Consolidated per key: the row as it was at the frontier (weight -1; the first change of a key, in
-      // (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1). A key changed
-      // a thousand times is two rows.
-      const key = s.key.join(", ");
-      const d = await temp(
-        `pgt_delta_${s.relid}`,
-        `SELECT ${s.columns.join(", ")}, -1::int8 AS "__pgt_w" FROM (
-           SELECT DISTINCT ON (${key}) * FROM ${raw.name} ORDER BY ${key}, change_id, action) f
-           WHERE action = 'D'
+  for (const { i } of changed) {
+    const s = plan.sources[Number(i)]!;
+    const name = quoteIdent(`pgt_delta_${s.relid}`);
+    const key = s.key.join(", ");
+    await tx.unsafe(`DROP TABLE IF EXISTS pg_temp.${name}`);
+    await tx.unsafe(`CREATE TEMP TABLE ${name} ON COMMIT DROP AS
+      SELECT ${s.columns.join(", ")}, 0::int8 AS "__pgt_w" FROM ${s.table} WITH NO DATA`);
+    // Consolidated per key: the row as it was at the frontier (weight -1; the first change of a key, in
+    // (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1). A key changed
+    // a thousand times is two rows.
+    const [counts] = await tx.unsafe<{ raw: number; rows: number }[]>(
+      `WITH raw AS MATERIALIZED (
+         SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}
+         WHERE action IN ('I', 'D') AND ${deltaFilter("$1")}),
+       ins AS (
+         INSERT INTO pg_temp.${name}
+         SELECT ${s.columns.join(", ")}, -1 FROM (
+           SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id, action) f WHERE action = 'D'
          UNION ALL
-         SELECT ${s.columns.map((c) => `t.${c}`).join(", ")}, 1::int8 FROM ${s.table} t
-         WHERE (${s.key.map((c) => `t.${c}`).join(", ")}) IN (SELECT ${key} FROM ${raw.name})`,
-      );
-      if (d.rows === 0) continue;
-      deltas.tables.set(i, d.name);
-      await tx.unsafe(`ANALYZE ${d.name}`);
-    }
-    if (deltas.tables.size === 0) return result;
-    for (const block of plan.blocks) {
-      if (!block.refs.some((r) => deltas.tables.has(r.source))) continue;
-      let counts: { inserted: number; deleted: number };
-      if (block.strategy === "rows") {
-        const chg = await temp(`pgt_changes_${block.branch}`, rowsChanges(block, plan, deltas));
-        counts = chg.rows === 0 ? { inserted: 0, deleted: 0 } : await applyRows(tx, plan, target, chg.name);
-      } else if (block.strategy === "recompute") {
-        const k = await temp(`pgt_groups_${block.branch}`, affectedGroups(block, plan, deltas));
-        if (k.rows === 0) continue;
-        await tx.unsafe(`ANALYZE ${k.name}`);
-        const n = await temp(`pgt_recomputed_${block.branch}`, recomputedGroups(block, plan, k.name));
-        counts = await applyRecompute(tx, plan, target, { affected: k.name, rows: n.name });
-      } else {
-        const d = await temp(`pgt_agg_${block.branch}`, algebraicChanges(block, plan, deltas));
-        counts = d.rows === 0 ? { inserted: 0, deleted: 0 } : await applyAlgebraic(tx, plan, block, target, d.name);
-      }
-      result.inserted += counts.inserted;
-      result.deleted += counts.deleted;
-    }
-    return result;
-  } finally {
-    for (const t of temps) await tx.unsafe(`DROP TABLE IF EXISTS ${t}`).catch(() => {});
+         SELECT ${s.columns.map((c) => `t.${c}`).join(", ")}, 1 FROM ${s.table} t
+         WHERE (${s.key.map((c) => `t.${c}`).join(", ")}) IN (SELECT ${key} FROM raw)
+         RETURNING 1)
+       SELECT (SELECT count(*) FROM raw) AS raw, (SELECT count(*) FROM ins) AS rows`,
+      [options.frontier],
+    );
+    result.deltaRows += Number(counts!.raw);
+    if (Number(counts!.rows) === 0) continue;
+    // Small deltas plan well from the table's size alone; statistics pay off on large ones.
+    if (Number(counts!.rows) > 2000) await tx.unsafe(`ANALYZE pg_temp.${name}`);
+    deltas.tables.set(Number(i), `pg_temp.${name}`);
   }
+  for (const block of plan.blocks) {
+    if (!block.refs.some((r) => deltas.tables.has(r.source))) continue;
+    const statement = block.strategy === "rows"
+      ? applyRows(plan, block, target, deltas)
+      : block.strategy === "recompute"
+      ? applyRecompute(plan, block, target, deltas)
+      : applyAlgebraic(plan, block, target, deltas);
+    const [row] = await tx.unsafe<{ inserted: number; updated: number; deleted: number }[]>(statement);
+    // An update counts as a deleted and an inserted row, so that inserted - deleted is the change in row count.
+    result.inserted += Number(row!.inserted) + Number(row!.updated);
+    result.deleted += Number(row!.deleted) + Number(row!.updated);
+  }
+  return result;
 }
 
-async function upsertCounts(tx: Tx, statement: string): Promise<{ inserted: number; updated: number }> {
-  // xmax = 0 tells a fresh insert from a row that ON CONFLICT updated.
-  const [row] = await tx.unsafe<{ fresh: string; updated: string }[]>(
-    `WITH w AS (${statement} RETURNING (xmax = 0) AS fresh)
-     SELECT count(*) FILTER (WHERE fresh) AS fresh, count(*) FILTER (WHERE NOT fresh) AS updated FROM w`,
-  );
-  return { inserted: Number(row!.fresh), updated: Number(row!.updated) };
-}
+/** Counts of one apply statement's data-modifying parts; xmax = 0 tells a fresh insert from an ON CONFLICT update. */
+const COUNTS = `SELECT (SELECT count(*) FROM del) AS deleted,
+  (SELECT count(*) FROM up WHERE fresh) AS inserted, (SELECT count(*) FROM up WHERE NOT fresh) AS updated`;
 
-async function applyRows(
-  tx: Tx,
-  plan: DiffPlan,
-  target: string,
-  changes: string,
-): Promise<{ inserted: number; deleted: number }> {
+/** One statement: consolidate the row changes, delete the rows that went, upsert the rows that came or changed. */
+function applyRows(plan: DiffPlan, block: BlockData, target: string, deltas: Deltas): string {
   const cols = plan.columns.map((_, i) => `"c${i}"`);
-  const del = await tx.unsafe(`DELETE FROM ${target} WHERE ${ROW_ID} IN (
-      SELECT rid FROM ${changes} WHERE w < 0 EXCEPT SELECT rid FROM ${changes} WHERE w > 0)`);
-  const up = await upsertCounts(
-    tx,
-    `INSERT INTO ${target} AS st (${[...plan.columns, ROW_ID].join(", ")})
-     SELECT ${[...cols, "rid"].join(", ")} FROM ${changes} WHERE w > 0
-     ON CONFLICT (${ROW_ID}) DO UPDATE SET ${plan.columns.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}`,
-  );
-  return { inserted: up.inserted + up.updated, deleted: del.count + up.updated };
+  return `WITH chg AS MATERIALIZED (${rowsChanges(block, plan, deltas)}),
+    del AS (
+      DELETE FROM ${target} WHERE ${ROW_ID} IN (
+        SELECT rid FROM chg WHERE w < 0 EXCEPT SELECT rid FROM chg WHERE w > 0)
+      RETURNING 1),
+    up AS (
+      INSERT INTO ${target} AS st (${[...plan.columns, ROW_ID].join(", ")})
+      SELECT ${[...cols, "rid"].join(", ")} FROM chg WHERE w > 0
+      ON CONFLICT (${ROW_ID}) DO UPDATE SET ${plan.columns.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}
+      RETURNING (xmax = 0) AS fresh)
+    ${COUNTS}`;
 }
 
-async function applyRecompute(
-  tx: Tx,
-  plan: DiffPlan,
-  target: string,
-  sets: { affected: string; rows: string },
-): Promise<{ inserted: number; deleted: number }> {
+/** One statement: find the touched groups, recompute them, delete the ones gone, write the ones that differ. */
+function applyRecompute(plan: DiffPlan, block: BlockData, target: string, deltas: Deltas): string {
   const cols = plan.columns.map((_, i) => `"c${i}"`);
-  const del = await tx.unsafe(`DELETE FROM ${target} st WHERE ${ROW_ID} IN (SELECT rid FROM ${sets.affected})
-      AND NOT EXISTS (SELECT 1 FROM ${sets.rows} n WHERE n.rid = st.${ROW_ID})`);
   const mine = plan.columns.map((c) => `st.${c}`);
   const theirs = plan.columns.map((c) => `EXCLUDED.${c}`);
-  const up = await upsertCounts(
-    tx,
-    `INSERT INTO ${target} AS st (${[...plan.columns, ROW_ID].join(", ")})
-     SELECT ${[...cols, "rid"].join(", ")} FROM ${sets.rows}
-     ON CONFLICT (${ROW_ID}) DO UPDATE SET ${plan.columns.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}
-     WHERE ROW(${mine.join(", ")})::text IS DISTINCT FROM ROW(${theirs.join(", ")})::text`,
-  );
-  return { inserted: up.inserted + up.updated, deleted: del.count + up.updated };
+  return `WITH k AS MATERIALIZED (${affectedGroups(block, plan, deltas)}),
+    n AS MATERIALIZED (${recomputedGroups(block, plan, "k")}),
+    del AS (
+      DELETE FROM ${target} st WHERE ${ROW_ID} IN (SELECT rid FROM k)
+        AND NOT EXISTS (SELECT 1 FROM n WHERE n.rid = st.${ROW_ID})
+      RETURNING 1),
+    up AS (
+      INSERT INTO ${target} AS st (${[...plan.columns, ROW_ID].join(", ")})
+      SELECT ${[...cols, "rid"].join(", ")} FROM n
+      ON CONFLICT (${ROW_ID}) DO UPDATE SET ${plan.columns.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}
+      WHERE ROW(${mine.join(", ")})::text IS DISTINCT FROM ROW(${theirs.join(", ")})::text
+      RETURNING (xmax = 0) AS fresh)
+    ${COUNTS}`;
 }
 
-async function applyAlgebraic(
-  tx: Tx,
-  plan: DiffPlan,
-  block: BlockData,
-  target: string,
-  changes: string,
-): Promise<{ inserted: number; deleted: number }> {
+/**
+ * One statement: per-group sums of the delta, then groups whose count reaches 0 deleted, others updated by adding,
+ * new ones inserted. The parts touch disjoint rows, so they can share the statement's snapshot.
+ */
+function applyAlgebraic(plan: DiffPlan, block: BlockData, target: string, deltas: Deltas): string {
   const alg = block.algebraic!;
   const count = quoteIdent(COUNT);
-  let deleted = 0;
-  if (!alg.global) {
-    const del = await tx.unsafe(`DELETE FROM ${target} st USING ${changes} d
-      WHERE st.${ROW_ID} = d.rid AND st.${count} + d.dc = 0`);
-    deleted = del.count;
-  }
   // New state of each column, from the old row `st` (null for a new group) and the change row `d`.
   const fresh = (old: (c: string) => string) => {
     const set: [string, string][] = [[count, `${old(count)} + d.dc`]];
     for (const [i, a] of alg.aggs.entries()) {
-      const nn = a.nn === null ? null : quoteIdent(a.nn);
-      const nnNew = `${nn === null ? "0" : old(nn)} + d."nn${i}"`;
-      if (nn !== null) set.push([nn, nnNew]);
-      if (a.sum !== null) set.push([quoteIdent(a.sum), `${old(quoteIdent(a.sum))} + coalesce(d."s${i}", 0)`]);
+      if (a.nn !== null) set.push([quoteIdent(a.nn), `${old(quoteIdent(a.nn))} + d."nn${i}"`]);
+      if (a.sum !== null) set.push([quoteIdent(a.sum), `${old(quoteIdent(a.sum))} + d."s${i}"`]);
     }
     alg.outputs.forEach((o, c) => {
-      const col = plan.columns[c]!;
       if ("group" in o) return;
+      const col = plan.columns[c]!;
       const a = alg.aggs[o.agg]!;
       const i = o.agg;
       const nnNew = a.nn === null ? "" : `${old(quoteIdent(a.nn))} + d."nn${i}"`;
-      switch (a.kind) {
-        case "count_star":
-          set.push([col, `${old(count)} + d.dc`]);
-          break;
-        case "count":
-          set.push([col, `${old(col)} + d."nn${i}"`]);
-          break;
-        case "sum":
-          set.push([col, `CASE WHEN ${nnNew} = 0 THEN NULL ELSE ${old(col)} + coalesce(d."s${i}", 0) END`]);
-          break;
-        case "avg":
-          set.push([
-            col,
-            `CASE WHEN ${nnNew} = 0 THEN NULL ELSE (${old(quoteIdent(a.sum!))} + coalesce(d."s${i}", 0))` +
-            ` / (${nnNew})::numeric END`,
-          ]);
-          break;
+      if (a.kind === "count_star") set.push([col, `${old(count)} + d.dc`]);
+      else if (a.kind === "count") set.push([col, `${old(col)} + d."nn${i}"`]);
+      else if (a.kind === "sum") set.push([col, `CASE WHEN ${nnNew} = 0 THEN NULL ELSE ${old(col)} + d."s${i}" END`]);
+      else {
+        set.push([
+          col,
+          `CASE WHEN ${nnNew} = 0 THEN NULL ELSE (${old(quoteIdent(a.sum!))} + d."s${i}") / (${nnNew})::numeric END`,
+        ]);
       }
     });
     return set;
@@ -1164,16 +1122,24 @@ async function applyAlgebraic(
     ),
   ].join(" OR ");
   const updates = fresh((c) => `coalesce(st.${c}, 0)`);
-  const upd = await tx.unsafe(`UPDATE ${target} st SET ${updates.map(([c, e]) => `${c} = ${e}`).join(", ")}
-    FROM ${changes} d WHERE st.${ROW_ID} = d.rid AND (${changed})${alg.global ? "" : ` AND st.${count} + d.dc <> 0`}`);
-  const inserts = fresh(() => "0");
   const groupCols: [string, string][] = [];
   alg.outputs.forEach((o, c) => {
     if ("group" in o) groupCols.push([plan.columns[c]!, cast(plan, c, `d."g${o.group}"`)]);
   });
-  const all = [...groupCols, [ROW_ID, "d.rid"] as [string, string], ...inserts];
-  const ins = await tx.unsafe(`INSERT INTO ${target} (${all.map(([c]) => c).join(", ")})
-    SELECT ${all.map(([, e]) => e).join(", ")} FROM ${changes} d
-    WHERE ${alg.global ? "true" : "d.dc > 0"} AND NOT EXISTS (SELECT 1 FROM ${target} st WHERE st.${ROW_ID} = d.rid)`);
-  return { inserted: upd.count + ins.count, deleted: deleted + upd.count };
+  const inserts = [...groupCols, [ROW_ID, "d.rid"] as [string, string], ...fresh(() => "0")];
+  const del = alg.global ? "SELECT 1 WHERE false" : `DELETE FROM ${target} st USING d
+      WHERE st.${ROW_ID} = d.rid AND st.${count} + d.dc = 0 RETURNING 1`;
+  return `WITH d AS MATERIALIZED (${algebraicChanges(block, plan, deltas)}),
+    del AS (${del}),
+    upd AS (
+      UPDATE ${target} st SET ${updates.map(([c, e]) => `${c} = ${e}`).join(", ")}
+      FROM d WHERE st.${ROW_ID} = d.rid AND (${changed})${alg.global ? "" : ` AND st.${count} + d.dc <> 0`}
+      RETURNING false AS fresh),
+    ins AS (
+      INSERT INTO ${target} (${inserts.map(([c]) => c).join(", ")})
+      SELECT ${inserts.map(([, e]) => e).join(", ")} FROM d
+      WHERE ${alg.global ? "true" : "d.dc > 0"} AND NOT EXISTS (SELECT 1 FROM ${target} st WHERE st.${ROW_ID} = d.rid)
+      RETURNING true AS fresh),
+    up AS (SELECT fresh FROM upd UNION ALL SELECT fresh FROM ins)
+    ${COUNTS}`;
 }

@@ -4,14 +4,14 @@
  * installCapture, applyFull, applyDifferential) and checks itself inside each refresh transaction, so the comparison
  * sees exactly the snapshot the refresh saw, concurrent writers or not.
  */
-import postgres from "postgres";
+import type postgres from "postgres";
 import { deltaStats, installCapture } from "../../engine/cdc.ts";
 import { describeQuery } from "../../engine/query.ts";
 import { applyDifferential, planQuery } from "../../engine/refresh/differential.ts";
 import { applyFull } from "../../engine/refresh/full.ts";
 import type { QueryPlan } from "../../engine/refresh/plan.ts";
 import { quoteIdent } from "../../db/identifiers.ts";
-import { migrate } from "../../db/migrate.ts";
+import { freshDatabase } from "./db.ts";
 
 export type Sql = postgres.Sql;
 export type Tx = postgres.TransactionSql;
@@ -56,25 +56,10 @@ export interface TestDatabase {
   close(): Promise<void>;
 }
 
-/** A fresh, migrated database on the test server (TEST_DATABASE_URL, else the local scratch server). */
+/** A fresh, migrated database (tests/support/db.ts: the server of TEST_DATABASE_URL, a clone of the template). */
 export async function freshTestDatabase(label: string): Promise<TestDatabase> {
-  const base = Deno.env.get("TEST_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:55499/postgres";
-  const admin = postgres(base, { max: 1, onnotice: () => {} });
-  const name = `trickle_${label}_${Date.now()}_${Math.floor(Math.random() * 1e6)}`;
-  await admin.unsafe(`CREATE DATABASE ${quoteIdent(name)}`);
-  const u = new URL(base);
-  u.pathname = "/" + name;
-  const sql = postgres(u.toString(), { max: 8, onnotice: () => {}, idle_timeout: 5 });
-  await migrate(sql as never);
-  return {
-    sql,
-    url: u.toString(),
-    async close() {
-      await sql.end();
-      await admin.unsafe(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`);
-      await admin.end();
-    },
-  };
+  const db = await freshDatabase(label);
+  return { sql: db.sql as unknown as Sql, url: db.url, close: () => db.drop() };
 }
 
 export type Mode = "FULL" | "DIFFERENTIAL";
