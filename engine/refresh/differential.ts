@@ -601,7 +601,7 @@ function checkConstructs(leaf: Node): void {
         unsupported(`outer join (${name} JOIN)`);
       }
       if (node["alias"] !== undefined) unsupported("an aliased join");
-    } else if (kind === "RangeVar" && node["inh"] === false) {
+    } else if (kind === "RangeVar" && node["inh"] !== true) {
       unsupported("ONLY");
     } else if (kind === "FuncCall" && node["over"] !== undefined) {
       unsupported(`window function ${funcName(node).name}()`);
