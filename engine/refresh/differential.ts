@@ -1005,8 +1005,9 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
     await tx.unsafe(`CREATE TEMP TABLE ${name} ON COMMIT DROP AS
       SELECT ${s.columns.join(", ")}, 0::int8 AS "__pgt_w" FROM ${s.table} WITH NO DATA`);
     // Consolidated per key: the row as it was at the frontier (weight -1; the first change of a key, in
-    // (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1). A key changed
-    // a thousand times is two rows.
+    // (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1: the last change
+    // is an 'I' exactly when the key exists in the refresh's snapshot, and it is that row, so the source table itself
+    // is not read). A key changed a thousand times is two rows.
     const [counts] = await tx.unsafe<{ raw: number; rows: number }[]>(
       `WITH raw AS MATERIALIZED (
          SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}
@@ -1016,16 +1017,17 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
          SELECT ${s.columns.join(", ")}, -1 FROM (
            SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id, action) f WHERE action = 'D'
          UNION ALL
-         SELECT ${s.columns.map((c) => `t.${c}`).join(", ")}, 1 FROM ${s.table} t
-         WHERE (${s.key.map((c) => `t.${c}`).join(", ")}) IN (SELECT ${key} FROM raw)
+         SELECT ${s.columns.join(", ")}, 1 FROM (
+           SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id DESC, action DESC) l WHERE action = 'I'
          RETURNING 1)
        SELECT (SELECT count(*) FROM raw) AS raw, (SELECT count(*) FROM ins) AS rows`,
       [options.frontier],
     );
     result.deltaRows += Number(counts!.raw);
     if (Number(counts!.rows) === 0) continue;
-    // Small deltas plan well from the table's size alone; statistics pay off on large ones.
-    if (Number(counts!.rows) > 2000) await tx.unsafe(`ANALYZE pg_temp.${name}`);
+    // Statistics on the delta let the planner pick index lookups for small deltas (a hash join over a whole
+    // dimension table cost more than the ANALYZE) and hash joins for large ones.
+    await tx.unsafe(`ANALYZE pg_temp.${name}`);
     deltas.tables.set(Number(i), `pg_temp.${name}`);
   }
   for (const block of plan.blocks) {
