@@ -15,6 +15,7 @@ import { applyFull } from "../engine/refresh/full.ts";
 import type { QueryPlan } from "../engine/refresh/plan.ts";
 import { chooseAction } from "../engine/refresh/refresh.ts";
 import { installCapture } from "../engine/cdc.ts";
+import { createStorage } from "../engine/stream_tables.ts";
 import { quoteIdent } from "../db/identifiers.ts";
 import type { Sql, Tx } from "../db/pool.ts";
 import { freshDatabase } from "../tests/support/db.ts";
@@ -76,9 +77,7 @@ export async function runDifferentialBench(opts: BenchOptions): Promise<Figure[]
       const description = await describeQuery(sql, c.query);
       const plan = await planQuery(sql, { query: c.query, description, requested: "DIFFERENTIAL" });
       if (plan.unsupportedReason !== null) throw new Error(`${c.key}: ${plan.unsupportedReason}`);
-      const cols = [...plan.columns, ...plan.hiddenColumns].map((col) => `${quoteIdent(col.name)} ${col.type}`);
-      await exec(sql, `CREATE TABLE st_${c.key} (${cols.join(", ")})`);
-      await exec(sql, `CREATE UNIQUE INDEX ON st_${c.key} (${plan.uniqueKey!.map(quoteIdent).join(", ")})`);
+      await sql.begin((tx) => createStorage(tx, { schema: "public", name: `st_${c.key}` }, plan));
       for (const s of description.sources) await sql.begin((tx) => installCapture(tx, s));
       tables.push({ ...c, plan, relids: description.sources.map((s) => s.relid) });
     }

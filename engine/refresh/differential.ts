@@ -978,8 +978,6 @@ export interface ApplyResult {
   /** Rows written (an update counts as one deleted and one inserted row). */
   inserted: number;
   deleted: number;
-  /** Change buffer rows read. */
-  deltaRows: number;
 }
 
 /** Applies the sources' changes since `frontier` to the stream table, in the caller's REPEATABLE READ transaction. */
@@ -987,7 +985,7 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   const plan = options.plan.differential as DiffPlan | null;
   if (plan === null || plan.version !== 1) throw new Error("This stream table has no differential plan");
   const target = quoteQualified(options.target);
-  const result: ApplyResult = { inserted: 0, deleted: 0, deltaRows: 0 };
+  const result: ApplyResult = { inserted: 0, deleted: 0 };
   // Everything below is generated from the plan: quoted catalog names and the defining query's own clauses (SQL by
   // design, checked at creation); the frontier is always a bind parameter.
   const changed = await tx.unsafe<{ i: number }[]>(
@@ -1008,23 +1006,19 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
     // (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1: the last change
     // is an 'I' exactly when the key exists in the refresh's snapshot, and it is that row, so the source table itself
     // is not read). A key changed a thousand times is two rows.
-    const [counts] = await tx.unsafe<{ raw: number; rows: number }[]>(
+    const consolidated = await tx.unsafe(
       `WITH raw AS MATERIALIZED (
          SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}
-         WHERE action IN ('I', 'D') AND ${deltaFilter("$1")}),
-       ins AS (
-         INSERT INTO pg_temp.${name}
-         SELECT ${s.columns.join(", ")}, -1 FROM (
-           SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id, action) f WHERE action = 'D'
-         UNION ALL
-         SELECT ${s.columns.join(", ")}, 1 FROM (
-           SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id DESC, action DESC) l WHERE action = 'I'
-         RETURNING 1)
-       SELECT (SELECT count(*) FROM raw) AS raw, (SELECT count(*) FROM ins) AS rows`,
+         WHERE action IN ('I', 'D') AND ${deltaFilter("$1")})
+       INSERT INTO pg_temp.${name}
+       SELECT ${s.columns.join(", ")}, -1 FROM (
+         SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id, action) f WHERE action = 'D'
+       UNION ALL
+       SELECT ${s.columns.join(", ")}, 1 FROM (
+         SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id DESC, action DESC) l WHERE action = 'I'`,
       [options.frontier],
     );
-    result.deltaRows += Number(counts!.raw);
-    if (Number(counts!.rows) === 0) continue;
+    if (consolidated.count === 0) continue;
     // Statistics on the delta let the planner pick index lookups for small deltas (a hash join over a whole
     // dimension table cost more than the ANALYZE) and hash joins for large ones.
     await tx.unsafe(`ANALYZE pg_temp.${name}`);

@@ -135,7 +135,10 @@ export class StreamTableUnderTest {
       if (action === "FULL") {
         counts = { ...(await applyFull(tx as never, { plan: this.plan, target })), deltaRows };
       } else {
-        counts = await applyDifferential(tx as never, { plan: this.plan, target, frontier: this.frontier! });
+        counts = {
+          ...(await applyDifferential(tx as never, { plan: this.plan, target, frontier: this.frontier! })),
+          deltaRows,
+        };
       }
       await assertSameContent(tx, this.name, this.plan, this.query);
       this.refreshes.push({ action, ...counts });
