@@ -30,6 +30,18 @@ async function refreshesBy(sql: Sql, pid: number): Promise<number> {
   ).n;
 }
 
+/** Kills whatever is still running of `procs` and waits for each to exit. */
+async function stopAll(procs: ServiceProcess[]): Promise<void> {
+  for (const p of procs) {
+    try {
+      p.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await p.status;
+  }
+}
+
 async function post(proc: ServiceProcess, path: string, body: unknown): Promise<Response> {
   return await fetch(proc.url + path, {
     method: "POST",
@@ -82,14 +94,7 @@ Deno.test({
       assert.ok(Date.now() - t0 < 10_000, "within a few seconds");
       assert.ok((await refreshesBy(db.sql, standby.pid)) >= 1);
     } finally {
-      for (const p of procs) {
-        try {
-          p.kill("SIGKILL");
-        } catch {
-          // already gone
-        }
-        await p.status;
-      }
+      await stopAll(procs);
       await db.drop();
     }
   },
@@ -161,14 +166,7 @@ Deno.test({
       const n = one(await db.sql<{ n: number }[]>`SELECT count(*)::int AS n FROM slow WHERE v > 1000`).n;
       assert.equal(n, 5);
     } finally {
-      for (const p of procs) {
-        try {
-          p.kill("SIGKILL");
-        } catch {
-          // already gone
-        }
-        await p.status;
-      }
+      await stopAll(procs);
       await db.drop();
     }
   },

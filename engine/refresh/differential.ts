@@ -23,6 +23,7 @@ import type { Sql, Tx } from "../../db/pool.ts";
 import { quoteIdent, quoteQualified } from "../../db/identifiers.ts";
 import { deltaFilter } from "../cdc.ts";
 import type { Column, QueryDescription, QueryPlan } from "./plan.ts";
+import { fullOnlyPlan } from "./full.ts";
 
 type Node = Record<string, unknown>;
 
@@ -280,20 +281,9 @@ export async function planQuery(sql: Sql | Tx, input: PlanInput): Promise<QueryP
     await probe(sql, plan);
     return plan;
   } catch (e) {
-    if (e instanceof Unsupported) return fullOnly(query, description, e.message);
+    if (e instanceof Unsupported) return fullOnlyPlan(query, description, e.message);
     throw e;
   }
-}
-
-function fullOnly(query: string, description: QueryDescription, reason: string): QueryPlan {
-  return {
-    unsupportedReason: reason,
-    columns: description.columns,
-    hiddenColumns: [],
-    uniqueKey: null,
-    fullSelect: query,
-    differential: null,
-  };
 }
 
 async function buildPlan(sql: Sql | Tx, query: string, description: QueryDescription): Promise<QueryPlan> {
