@@ -962,6 +962,8 @@ export interface ApplyOptions {
   target: { schema: string; name: string };
   /** The previous frontier, as pg_snapshot text. */
   frontier: string;
+  /** The sources (relids) with changes since the frontier, when the caller has counted them already. */
+  changedSources?: number[];
 }
 
 export interface ApplyResult {
@@ -978,11 +980,14 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   const result: ApplyResult = { inserted: 0, deleted: 0 };
   // Everything below is generated from the plan: quoted catalog names and the defining query's own clauses (SQL by
   // design, checked at creation); the frontier is always a bind parameter.
-  const changed = await tx.unsafe<{ i: number }[]>(
-    plan.sources.map((s, i) => `SELECT ${i} AS i WHERE EXISTS (SELECT 1 FROM ${s.buffer} WHERE ${deltaFilter("$1")})`)
-      .join(" UNION ALL "),
-    [options.frontier],
-  );
+  const known = options.changedSources;
+  const changed = known !== undefined
+    ? plan.sources.flatMap((s, i) => (known.includes(s.relid) ? [{ i }] : []))
+    : await tx.unsafe<{ i: number }[]>(
+      plan.sources.map((s, i) => `SELECT ${i} AS i WHERE EXISTS (SELECT 1 FROM ${s.buffer} WHERE ${deltaFilter("$1")})`)
+        .join(" UNION ALL "),
+      [options.frontier],
+    );
   if (changed.length === 0) return result;
   const deltas: Deltas = { tables: new Map() };
   for (const { i } of changed) {

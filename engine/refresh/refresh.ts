@@ -100,14 +100,15 @@ export async function refreshStreamTable(
         const st = await lockOrSkip(tx, pgtId, options);
         const [snap] = await tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`;
         sources = await sourceRelids(tx, pgtId);
-        const decision = await decide(ctx, tx, st, sources);
+        const changedSources: number[] = [];
+        const decision = await decide(ctx, tx, { st, sources, changedSources });
         attempted = decision.action;
         const target = { schema: st.pgt_schema, name: st.pgt_name };
         let counts = { inserted: 0, deleted: 0 };
         if (decision.action === "FULL") {
           counts = await applyFull(tx, { plan: st.plan, target });
         } else if (decision.action === "DIFFERENTIAL") {
-          const r = await applyDifferential(tx, { plan: st.plan, target, frontier: st.frontier! });
+          const r = await applyDifferential(tx, { plan: st.plan, target, frontier: st.frontier!, changedSources });
           counts = { inserted: r.inserted, deleted: r.deleted };
         }
         const durationMs = performance.now() - t0;
@@ -173,7 +174,13 @@ async function sourceRelids(tx: Tx, pgtId: number): Promise<number[]> {
   return rows.map((r) => r.relid);
 }
 
-async function decide(ctx: DatabaseContext, tx: Tx, st: StreamTableRow, sources: number[]): Promise<Decision> {
+/** Chooses the action; fills `changedSources` with the sources that have changes. */
+async function decide(
+  ctx: DatabaseContext,
+  tx: Tx,
+  input: { st: StreamTableRow; sources: number[]; changedSources: number[] },
+): Promise<Decision> {
+  const { st, sources, changedSources } = input;
   if (st.frontier === null) {
     return chooseAction({
       mode: st.effective_refresh_mode,
@@ -192,6 +199,7 @@ async function decide(ctx: DatabaseContext, tx: Tx, st: StreamTableRow, sources:
     const s = await deltaStats(tx, relid, st.frontier);
     deltaRows += s.rows;
     truncated ||= s.truncated;
+    if (s.rows > 0) changedSources.push(relid);
   }
   let sourceRows = 0;
   let predictedDiffMs: number | null = null;
