@@ -962,8 +962,8 @@ export interface ApplyOptions {
   target: { schema: string; name: string };
   /** The previous frontier, as pg_snapshot text. */
   frontier: string;
-  /** The sources (relids) with changes since the frontier, when the caller has counted them already. */
-  changedSources?: number[];
+  /** Buffer rows in the delta per source relid, when the caller has counted them already. */
+  changes?: Map<number, number>;
 }
 
 export interface ApplyResult {
@@ -980,17 +980,34 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   const result: ApplyResult = { inserted: 0, deleted: 0 };
   // Everything below is generated from the plan: quoted catalog names and the defining query's own clauses (SQL by
   // design, checked at creation); the frontier is always a bind parameter.
-  const known = options.changedSources;
-  const changed = known !== undefined
-    ? plan.sources.flatMap((s, i) => (known.includes(s.relid) ? [{ i }] : []))
-    : await tx.unsafe<{ i: number }[]>(
-      plan.sources.map((s, i) => `SELECT ${i} AS i WHERE EXISTS (SELECT 1 FROM ${s.buffer} WHERE ${deltaFilter("$1")})`)
-        .join(" UNION ALL "),
+  const changed = options.changes !== undefined
+    ? plan.sources.flatMap((s, i) => {
+      const rows = options.changes!.get(s.relid) ?? 0;
+      return rows > 0 ? [{ i, rows }] : [];
+    })
+    : (await tx.unsafe<{ i: number; rows: number }[]>(
+      plan.sources.map((s, i) =>
+        `SELECT ${i} AS i, (SELECT count(*) FROM ${s.buffer} WHERE ${deltaFilter("$1")})::int8 AS rows`
+      ).join(" UNION ALL "),
       [options.frontier],
-    );
+    )).filter((c) => Number(c.rows) > 0);
   if (changed.length === 0) return result;
   const deltas: Deltas = { tables: new Map() };
-  for (const { i } of changed) {
+  const only = changed.length === 1 ? changed[0]! : null;
+  const raw = only !== null && Number(only.rows) <= RAW_DELTA_LIMIT && rawDeltaApplies(plan, Number(only.i));
+  if (raw) {
+    // Sums are linear: when a single source changed, is read once per block, and every block affected is algebraic,
+    // its raw changes (weight +1 for 'I', -1 for 'D') give the same per-group change as the consolidated delta, with
+    // no temporary table to create, fill and analyze. Larger deltas take the temporary table, for its statistics.
+    const s = plan.sources[Number(only!.i)]!;
+    deltas.tables.set(
+      Number(only!.i),
+      `(SELECT ${s.columns.join(", ")}, CASE WHEN action = 'I' THEN 1 ELSE -1 END::int8 AS "__pgt_w"
+        FROM ${s.buffer} WHERE action IN ('I', 'D') AND ${deltaFilter("$1")}) AS ${quoteIdent(`pgt_raw_${s.relid}`)}`,
+    );
+  }
+  const params = raw ? [options.frontier] : [];
+  for (const { i } of raw ? [] : changed) {
     const s = plan.sources[Number(i)]!;
     const name = quoteIdent(`pgt_delta_${s.relid}`);
     const key = s.key.join(", ");
@@ -1026,12 +1043,23 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
       : block.strategy === "recompute"
       ? applyRecompute(plan, block, target, deltas)
       : applyAlgebraic(plan, block, target, deltas);
-    const [row] = await tx.unsafe<{ inserted: number; updated: number; deleted: number }[]>(statement);
+    const [row] = await tx.unsafe<{ inserted: number; updated: number; deleted: number }[]>(statement, params);
     // An update counts as a deleted and an inserted row, so that inserted - deleted is the change in row count.
     result.inserted += Number(row!.inserted) + Number(row!.updated);
     result.deleted += Number(row!.deleted) + Number(row!.updated);
   }
   return result;
+}
+
+/** Above this many buffer rows, a delta goes through a temporary table with statistics even where raw would do. */
+const RAW_DELTA_LIMIT = 10_000;
+
+/** True when every block reading source `i` is algebraic and reads it once (no self-join). */
+function rawDeltaApplies(plan: DiffPlan, i: number): boolean {
+  return plan.blocks.every((b) => {
+    const reads = b.refs.filter((r) => r.source === i).length;
+    return reads === 0 || (reads === 1 && b.strategy === "algebraic");
+  });
 }
 
 /** Counts of one apply statement's data-modifying parts; xmax = 0 tells a fresh insert from an ON CONFLICT update. */

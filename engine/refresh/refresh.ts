@@ -100,15 +100,15 @@ export async function refreshStreamTable(
         const st = await lockOrSkip(tx, pgtId, options);
         const [snap] = await tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`;
         sources = await sourceRelids(tx, pgtId);
-        const changedSources: number[] = [];
-        const decision = await decide(ctx, tx, { st, sources, changedSources });
+        const changes = new Map<number, number>();
+        const decision = await decide(ctx, tx, { st, sources, changes });
         attempted = decision.action;
         const target = { schema: st.pgt_schema, name: st.pgt_name };
         let counts = { inserted: 0, deleted: 0 };
         if (decision.action === "FULL") {
           counts = await applyFull(tx, { plan: st.plan, target });
         } else if (decision.action === "DIFFERENTIAL") {
-          const r = await applyDifferential(tx, { plan: st.plan, target, frontier: st.frontier!, changedSources });
+          const r = await applyDifferential(tx, { plan: st.plan, target, frontier: st.frontier!, changes });
           counts = { inserted: r.inserted, deleted: r.deleted };
         }
         const durationMs = performance.now() - t0;
@@ -174,13 +174,13 @@ async function sourceRelids(tx: Tx, pgtId: number): Promise<number[]> {
   return rows.map((r) => r.relid);
 }
 
-/** Chooses the action; fills `changedSources` with the sources that have changes. */
+/** Chooses the action; fills `changes` with each source's delta size. */
 async function decide(
   ctx: DatabaseContext,
   tx: Tx,
-  input: { st: StreamTableRow; sources: number[]; changedSources: number[] },
+  input: { st: StreamTableRow; sources: number[]; changes: Map<number, number> },
 ): Promise<Decision> {
-  const { st, sources, changedSources } = input;
+  const { st, sources, changes } = input;
   if (st.frontier === null) {
     return chooseAction({
       mode: st.effective_refresh_mode,
@@ -199,7 +199,7 @@ async function decide(
     const s = await deltaStats(tx, relid, st.frontier);
     deltaRows += s.rows;
     truncated ||= s.truncated;
-    if (s.rows > 0) changedSources.push(relid);
+    changes.set(relid, s.rows);
   }
   let sourceRows = 0;
   let predictedDiffMs: number | null = null;
