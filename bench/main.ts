@@ -79,7 +79,10 @@ const progress = (line: string) => Deno.stderr.writeSync(encoder.encode(`bench: 
 let serverUrl = Deno.env.get("BENCH_DATABASE_URL") || Deno.env.get("TEST_DATABASE_URL") || "";
 let stop = async () => {};
 if (serverUrl === "") {
-  const dataDir = `.trickle-test/bench-${Deno.pid}`;
+  // In the system's temporary directory: the postgres OS user (when running as root) must reach it, which a
+  // checkout in a private home directory would not allow.
+  const dataDir = await Deno.makeTempDir({ prefix: "trickle-test-" });
+  await Deno.chmod(dataDir, 0o755);
   progress("starting the embedded PostgreSQL");
   const server = await startEmbedded({ dataDir, log: createLogger("warn"), ephemeral: true });
   serverUrl = server.url;

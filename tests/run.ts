@@ -15,7 +15,10 @@ const log = createLogger("warn");
 let url = Deno.env.get("TEST_DATABASE_URL") ?? "";
 let stop = async () => {};
 if (url === "") {
-  const dataDir = `.trickle-test/${Deno.pid}`;
+  // In the system's temporary directory: the postgres OS user (when running as root) must reach it, which a
+  // checkout in a private home directory would not allow.
+  const dataDir = await Deno.makeTempDir({ prefix: "trickle-test-" });
+  await Deno.chmod(dataDir, 0o755);
   const server = await startEmbedded({ dataDir, log, ephemeral: true });
   url = server.url;
   stop = async () => {
