@@ -118,7 +118,7 @@ async function startAsPostgresUser(s: Settings): Promise<() => Promise<void>> {
   await Deno.chown(s.pgdata, user.uid, user.gid);
   if (!(await isInitialised(s.pgdata))) {
     s.log.info("initialising embedded PostgreSQL", { dataDir: s.pgdata });
-    const pwfile = path.join(s.pgdata, ".pwfile");
+    const pwfile = path.join(s.dataDir, ".pwfile");
     await Deno.writeTextFile(pwfile, s.password + "\n", { mode: 0o600 });
     await Deno.chown(pwfile, user.uid, user.gid);
     const out = await new Deno.Command("setpriv", {
