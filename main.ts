@@ -39,7 +39,15 @@ async function main(): Promise<number> {
     log.warn("no token configured: the API is open and listens on 127.0.0.1 only");
   }
 
-  const embedded = config.databaseUrl === null ? await startEmbedded({ dataDir: config.dataDir, log }) : null;
+  let embedded = null;
+  if (config.databaseUrl === null) {
+    try {
+      embedded = await startEmbedded({ dataDir: config.dataDir, log });
+    } catch (e) {
+      log.error("could not start the embedded PostgreSQL", { error: e });
+      return 1;
+    }
+  }
   const stopEmbedded = async () => {
     if (embedded !== null) {
       await embedded.stop().catch((e) => log.error("embedded PostgreSQL stop failed", { error: e }));
