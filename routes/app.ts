@@ -53,11 +53,29 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     },
     security: deps.adminToken === null ? [] : [{ bearer: [] }],
   });
-  app.notFound((c) =>
-    problemResponse(problem(404, "NotFound", `No route for ${c.req.method} ${c.req.path}`, {
-      request_id: c.get("requestId"),
-    }))
-  );
+  // A known path asked with another method is 405 with the methods it has; anything else is 404.
+  const known = app.routes
+    .filter((r) => r.method !== "ALL")
+    .map((r) => ({
+      method: r.method,
+      pattern: new RegExp(`^${r.path.replaceAll(".", "\\.").replace(/:[^/]+/g, "[^/]+")}$`),
+    }));
+  app.notFound((c) => {
+    const allowed = [...new Set(known.filter((r) => r.pattern.test(c.req.path)).map((r) => r.method))];
+    const ids = { request_id: c.get("requestId") };
+    if (allowed.length > 0) {
+      return problemResponse(
+        problem(
+          405,
+          "MethodNotAllowed",
+          `${c.req.method} is not allowed on ${c.req.path}; allowed: ${allowed.join(", ")}`,
+          ids,
+        ),
+        { allow: allowed.join(", ") },
+      );
+    }
+    return problemResponse(problem(404, "NotFound", `No route for ${c.req.method} ${c.req.path}`, ids));
+  });
   app.onError((err, c) => errorToResponse(err, c, deps.log));
   return app;
 }

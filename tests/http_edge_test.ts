@@ -57,6 +57,18 @@ Deno.test({
         assert.equal(body.code, "BadRequest");
         assert.equal(body.request_id, res.headers.get("x-request-id"));
       });
+
+      await t.step("a known path with another method is 405 with Allow; an unknown path is 404", async () => {
+        const put = await svc.request("PUT", "/stream-tables/slow", { schedule: "5m" });
+        assert.equal(put.status, 405);
+        assert.equal(put.headers.get("allow"), "GET, PATCH, DELETE");
+        assert.equal((await put.json()).code, "MethodNotAllowed");
+        const missing = await svc.request("GET", "/openapiXjson");
+        assert.equal(missing.status, 404);
+        assert.equal((await missing.json()).code, "NotFound");
+        const st = await svc.request("GET", "/stream-tables/slow");
+        assert.equal((await st.json()).schedule, "1m", "the refused PUT changed nothing");
+      });
     } finally {
       await svc.close();
     }

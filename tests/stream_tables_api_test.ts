@@ -912,7 +912,7 @@ Deno.test({
 
         const p = await problem(await get("/no/such/route"), 404, "NotFound", /GET \/no\/such\/route/);
         assert.equal(typeof p.request_id, "string");
-        await problem(await req("PUT", "/stream-tables"), 404, "NotFound");
+        await problem(await req("PUT", "/stream-tables"), 405, "MethodNotAllowed", /allowed: GET, POST/);
       });
 
       await t.step("after all the bad requests, the service still serves", async () => {
