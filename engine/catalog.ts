@@ -74,12 +74,18 @@ export interface Dependency {
   source_pgt_id: number | null;
 }
 
-/** Every stream table -> source edge of the database. */
-export async function listDependencies(sql: Sql | Tx): Promise<Dependency[]> {
+/** Stream table -> source edges: all, those of one stream table (`of`), or those whose source is one (`readersOf`). */
+export async function listDependencies(
+  sql: Sql | Tx,
+  filter: { of?: number; readersOf?: number } = {},
+): Promise<Dependency[]> {
   return [
     ...await sql<Dependency[]>`
     SELECT pgt_id, source_relid::int8 AS source_relid, source_schema, source_name, source_pgt_id
-    FROM pgtrickle.pgt_dependencies ORDER BY pgt_id, source_schema, source_name`,
+    FROM pgtrickle.pgt_dependencies
+    WHERE (${filter.of ?? null}::int8 IS NULL OR pgt_id = ${filter.of ?? null})
+      AND (${filter.readersOf ?? null}::int8 IS NULL OR source_pgt_id = ${filter.readersOf ?? null})
+    ORDER BY pgt_id, source_schema, source_name`,
   ];
 }
 

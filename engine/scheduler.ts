@@ -229,7 +229,7 @@ export class Scheduler {
    * Capture is (re)installed, committed, before the refresh that completes the creation takes its snapshot.
    */
   async #finishCreation(d: DbState, pgtId: number): Promise<void> {
-    const deps = (await listDependencies(d.ctx.sql)).filter((dep) => dep.pgt_id === pgtId);
+    const deps = await listDependencies(d.ctx.sql, { of: pgtId });
     for (const dep of deps) {
       const source = await describeSource(d.ctx.sql, {
         relid: dep.source_relid,

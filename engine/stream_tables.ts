@@ -206,7 +206,7 @@ async function upgradePlan(tx: Tx, st: StreamTableRow, requested: RefreshMode): 
 export async function dropStreamTable(ctx: DatabaseContext, name: QualifiedName): Promise<void> {
   const st = await findStreamTable(ctx.sql, name);
   if (st === undefined) throw streamTableNotFound(displayName(name), ctx.name);
-  const dependents = (await listDependencies(ctx.sql)).filter((d) => d.source_pgt_id === st.pgt_id);
+  const dependents = await listDependencies(ctx.sql, { readersOf: st.pgt_id });
   if (dependents.length > 0) {
     const names = await ctx.sql<{ n: string }[]>`
       SELECT pgt_schema || '.' || pgt_name AS n FROM pgtrickle.pgt_stream_tables

@@ -31,7 +31,7 @@ const json = <T>(schema: T) => ({ content: { "application/json": { schema } } })
 
 /** The stream table as the API shows it. */
 export async function presentStreamTable(ctx: DatabaseContext, st: StreamTableRow) {
-  const deps = (await listDependencies(ctx.sql)).filter((d) => d.pgt_id === st.pgt_id);
+  const deps = await listDependencies(ctx.sql, { of: st.pgt_id });
   return present(ctx, st, deps.map((d) => displayName({ schema: d.source_schema, name: d.source_name })));
 }
 
