@@ -996,32 +996,32 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   if (changed.length === 0) return result;
   const deltas: Deltas = { tables: new Map() };
   const only = changed.length === 1 ? changed[0]! : null;
-  const raw = only !== null && Number(only.rows) <= RAW_DELTA_LIMIT && rawDeltaApplies(plan, Number(only.i));
-  if (raw) {
-    // Sums are linear: when a single source changed, is read once per block, and every block affected is algebraic,
-    // its raw changes (weight +1 for 'I', -1 for 'D') give the same per-group change as the consolidated delta, with
-    // no temporary table to create, fill and analyze. Larger deltas take the temporary table, for its statistics.
+  // Sums are linear: when a single source changed, is read once per block, and every block affected is algebraic,
+  // its raw changes (weight +1 for 'I', -1 for 'D') give the same per-group change as the consolidated delta.
+  const linear = only !== null && rawDeltaApplies(plan, Number(only.i));
+  const rawChanges = (s: SourceData) =>
+    `SELECT ${s.columns.join(", ")}, CASE WHEN action = 'I' THEN 1 ELSE -1 END::int8 AS "__pgt_w"
+     FROM ${s.buffer} WHERE action IN ('I', 'D') AND ${deltaFilter("$1")}`;
+  // Small raw deltas are read straight from the buffer, with no temporary table to create, fill and analyze.
+  const inline = linear && Number(only!.rows) <= RAW_DELTA_LIMIT;
+  if (inline) {
     const s = plan.sources[Number(only!.i)]!;
-    deltas.tables.set(
-      Number(only!.i),
-      `(SELECT ${s.columns.join(", ")}, CASE WHEN action = 'I' THEN 1 ELSE -1 END::int8 AS "__pgt_w"
-        FROM ${s.buffer} WHERE action IN ('I', 'D') AND ${deltaFilter("$1")}) AS ${quoteIdent(`pgt_raw_${s.relid}`)}`,
-    );
+    deltas.tables.set(Number(only!.i), `(${rawChanges(s)}) AS ${quoteIdent(`pgt_raw_${s.relid}`)}`);
   }
-  const params = raw ? [options.frontier] : [];
-  for (const { i } of raw ? [] : changed) {
+  const params = inline ? [options.frontier] : [];
+  for (const { i } of inline ? [] : changed) {
     const s = plan.sources[Number(i)]!;
     const name = quoteIdent(`pgt_delta_${s.relid}`);
     const key = s.key.join(", ");
     await tx.unsafe(`DROP TABLE IF EXISTS pg_temp.${name}`);
     await tx.unsafe(`CREATE TEMP TABLE ${name} ON COMMIT DROP AS
       SELECT ${s.columns.join(", ")}, 0::int8 AS "__pgt_w" FROM ${s.table} WITH NO DATA`);
-    // Consolidated per key: the row as it was at the frontier (weight -1; the first change of a key, in
-    // (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1: the last change
-    // is an 'I' exactly when the key exists in the refresh's snapshot, and it is that row, so the source table itself
-    // is not read). A key changed a thousand times is two rows.
+    // Consolidated per key (unless linear, above): the row as it was at the frontier (weight -1; the first change of
+    // a key, in (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1: the last
+    // change is an 'I' exactly when the key exists in the refresh's snapshot, and it is that row, so the source table
+    // itself is not read). A key changed a thousand times is two rows.
     const consolidated = await tx.unsafe(
-      `WITH raw AS MATERIALIZED (
+      linear ? `INSERT INTO pg_temp.${name} ${rawChanges(s)}` : `WITH raw AS MATERIALIZED (
          SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}
          WHERE action IN ('I', 'D') AND ${deltaFilter("$1")})
        INSERT INTO pg_temp.${name}
