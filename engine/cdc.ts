@@ -30,6 +30,12 @@ export function deltaFilter(param = "$1"): string {
   return `xid >= pg_snapshot_xmin(${param}::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, ${param}::pg_snapshot)`;
 }
 
+/** A table's name as the server renders regclass: schema-qualified where needed, quoted where needed. */
+export async function tableName(tx: Tx, relid: number): Promise<string> {
+  const [row] = await tx<{ q: string }[]>`SELECT ${relid}::oid::regclass::text AS q`;
+  return row!.q;
+}
+
 /** Fully qualified, quoted name of a source's change buffer. */
 export function bufferName(relid: number): string {
   return `pgtrickle_changes.${quoteIdent(`changes_${relid}`)}`;
@@ -130,9 +136,7 @@ export async function removeCaptureIfUnused(tx: Tx, relid: number): Promise<bool
   const [rel] = await tx`SELECT 1 FROM pg_class WHERE oid = ${relid}`;
   const fn = captureFunction(relid);
   if (rel !== undefined) {
-    const [row] = await tx<{ q: string }[]>`SELECT ${relid}::oid::regclass::text AS q`;
-    // regclass::text is the server's own quoted rendering of the table name.
-    const table = row!.q;
+    const table = await tableName(tx, relid);
     await tx.unsafe(`
       DROP TRIGGER IF EXISTS pgt_capture_ins ON ${table};
       DROP TRIGGER IF EXISTS pgt_capture_upd ON ${table};

@@ -129,10 +129,12 @@ export async function createStorage(tx: Tx, name: QualifiedName, plan: QueryPlan
   const keyed = key.length > 0;
   // Column names and types come from PostgreSQL's description of the query, each name quoted.
   await tx.unsafe(`CREATE TABLE ${quoteQualified(name)} (${cols.join(", ")})${keyed ? " WITH (fillfactor = 90)" : ""}`);
-  if (keyed) {
-    // Unnamed: PostgreSQL picks a name that cannot clash with another relation.
-    await tx.unsafe(`CREATE UNIQUE INDEX ON ${quoteQualified(name)} (${key.map(quoteIdent).join(", ")})`);
-  }
+  if (keyed) await createKeyIndex(tx, name, key);
+}
+
+/** The unique index on the engine's row key; unnamed, so PostgreSQL picks a name that cannot clash. */
+async function createKeyIndex(tx: Tx, name: QualifiedName, key: string[]): Promise<void> {
+  await tx.unsafe(`CREATE UNIQUE INDEX ON ${quoteQualified(name)} (${key.map(quoteIdent).join(", ")})`);
 }
 
 export interface AlterInput {
@@ -194,9 +196,7 @@ async function upgradePlan(tx: Tx, st: StreamTableRow, requested: RefreshMode): 
   for (const c of plan.hiddenColumns) {
     await tx.unsafe(`ALTER TABLE ${quoteQualified(target)} ADD COLUMN ${quoteIdent(c.name)} ${c.type}`);
   }
-  if (plan.uniqueKey !== null && plan.uniqueKey.length > 0) {
-    await tx.unsafe(`CREATE UNIQUE INDEX ON ${quoteQualified(target)} (${plan.uniqueKey.map(quoteIdent).join(", ")})`);
-  }
+  if (plan.uniqueKey !== null && plan.uniqueKey.length > 0) await createKeyIndex(tx, target, plan.uniqueKey);
   await tx`UPDATE pgtrickle.pgt_stream_tables SET plan = ${tx.json(plan as never)}, frontier = NULL
     WHERE pgt_id = ${st.pgt_id}`;
   return plan;

@@ -2,6 +2,7 @@
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
 import { displayName, parseQualifiedName } from "../db/identifiers.ts";
 import {
+  type Dependency,
   findStreamTable,
   listDependencies,
   listStreamTables,
@@ -32,7 +33,12 @@ const json = <T>(schema: T) => ({ content: { "application/json": { schema } } })
 /** The stream table as the API shows it. */
 export async function presentStreamTable(ctx: DatabaseContext, st: StreamTableRow) {
   const deps = await listDependencies(ctx.sql, { of: st.pgt_id });
-  return present(ctx, st, deps.map((d) => displayName({ schema: d.source_schema, name: d.source_name })));
+  return present(ctx, st, sourceNames(deps));
+}
+
+/** The sources' names as the API shows them. */
+function sourceNames(deps: Dependency[]): string[] {
+  return deps.map((d) => displayName({ schema: d.source_schema, name: d.source_name }));
 }
 
 function present(ctx: DatabaseContext, st: StreamTableRow, sources: string[]): z.infer<typeof StreamTableSchema> {
@@ -93,9 +99,7 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
           present(
             ctx,
             st,
-            deps.filter((d) => d.pgt_id === st.pgt_id).map((d) =>
-              displayName({ schema: d.source_schema, name: d.source_name })
-            ),
+            sourceNames(deps.filter((d) => d.pgt_id === st.pgt_id)),
           )
         ),
         200,

@@ -7,7 +7,7 @@
 import type { Tx } from "../../db/pool.ts";
 import { isPgError, LOCK_NOT_AVAILABLE, withRetry } from "../../db/errors.ts";
 import { lockStreamTable, type StreamTableRow } from "../catalog.ts";
-import { deltaStats, pruneBuffer } from "../cdc.ts";
+import { deltaStats, pruneBuffer, tableName } from "../cdc.ts";
 import type { DatabaseContext } from "../context.ts";
 import { TrickleError } from "../errors.ts";
 import { applyFull } from "./full.ts";
@@ -214,7 +214,7 @@ async function decide(
       for (const relid of sources) {
         // regclass::text is the server's own quoted rendering of the table's name.
         const [r] = await tx.unsafe<{ n: number }[]>(
-          `SELECT count(*)::int8 AS n FROM ${await regclassText(tx, relid)}`,
+          `SELECT count(*)::int8 AS n FROM ${await tableName(tx, relid)}`,
         );
         sourceRows += r!.n;
       }
@@ -233,11 +233,6 @@ async function decide(
     predictedDiffMs,
     predictedFullMs,
   });
-}
-
-async function regclassText(tx: Tx, relid: number): Promise<string> {
-  const [row] = await tx<{ q: string }[]>`SELECT ${relid}::oid::regclass::text AS q`;
-  return row!.q;
 }
 
 /** Medians over the last 20 successful refreshes of each kind: ms per delta row (DIFFERENTIAL) and ms (FULL). */
