@@ -17,10 +17,12 @@
  */
 import type { Tx } from "../db/pool.ts";
 import { quoteIdent, quoteLiteral } from "../db/identifiers.ts";
-import type { Column, SourceRef } from "./refresh/plan.ts";
+import type { SourceRef } from "./refresh/plan.ts";
 
 /** Advisory lock class for capture installation on one source (arbitrary, fixed). */
 const CAPTURE_LOCK = 7_417_002;
+/** The capture function this module writes (pgt_change_buffers.capture_version): 2 maps columns by position. */
+export const CAPTURE_VERSION = 2;
 
 /**
  * The SQL condition selecting a buffer's rows not visible in the frontier bound to `param` (a pg_snapshot): the
@@ -41,65 +43,105 @@ export function bufferName(relid: number): string {
   return `pgtrickle_changes.${quoteIdent(`changes_${relid}`)}`;
 }
 
+/** A buffer column and the source column it is filled from, by attnum (null once that column is gone or retyped). */
+export interface CapturedColumn {
+  name: string;
+  type: string;
+  attnum: number | null;
+}
+
+/** A live column of a source table. */
+export interface SourceColumn {
+  attnum: number;
+  name: string;
+  type: string;
+}
+
+/** Prefix of buffer columns whose source column was dropped or retyped: kept for their past rows, no longer filled. */
+const STALE = "__pgt_stale_";
+
+/** The live columns of a table, in attnum order. */
+export async function sourceColumns(tx: Tx, relid: number): Promise<SourceColumn[]> {
+  return [
+    ...await tx<SourceColumn[]>`
+    SELECT attnum::int AS attnum, attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+    WHERE attrelid = ${relid} AND attnum > 0 AND NOT attisdropped ORDER BY attnum`,
+  ];
+}
+
 /**
- * Installs change capture on `source` unless it is there already (then only columns added to the source since are
- * added to the buffer). Must run in its own committed transaction before the first refresh reads the source:
- * CREATE TRIGGER waits for writers in flight, so every change committed after that refresh's snapshot is in the
- * buffer. A guard view over the captured columns makes PostgreSQL refuse to drop the source, or drop or retype a
- * captured column, while capture is installed (DROP ... CASCADE drops the guard; the stream tables then fail loudly).
+ * Installs change capture on `source`, or brings it up to date with the source's columns. Must run in its own
+ * committed transaction before the first refresh reads the source: CREATE TRIGGER waits for writers in flight, so
+ * every change committed after that refresh's snapshot is in the buffer.
  */
 export async function installCapture(tx: Tx, source: SourceRef): Promise<boolean> {
-  await tx`SELECT pg_advisory_xact_lock(${CAPTURE_LOCK}, ${source.relid}::int4)`;
-  const [existing] = await tx<{ columns: Column[] }[]>`
-    SELECT columns FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${source.relid}`;
-  const buffer = bufferName(source.relid);
-  const table = `${quoteIdent(source.schema)}.${quoteIdent(source.name)}`;
-  let columns = source.columns;
-  // Everything below is built from catalog names and types, each quoted; nothing comes from a request.
-  if (existing !== undefined) {
-    const known = new Set(existing.columns.map((c) => c.name));
-    const added = source.columns.filter((c) => !known.has(c.name));
-    if (added.length === 0) return false;
-    columns = [...existing.columns, ...added];
-    await tx.unsafe(added.map((c) => `ALTER TABLE ${buffer} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`).join("\n"));
-    await tx`UPDATE pgtrickle.pgt_change_buffers SET columns = ${tx.json(columns as never)}
-      WHERE source_relid = ${source.relid}`;
-  } else {
-    const colDefs = columns.map((c) => `,\n      ${quoteIdent(c.name)} ${c.type}`).join("");
+  return await syncCapture(tx, source.relid);
+}
+
+/**
+ * Makes a source's capture match its current columns: creates the buffer, sequence and triggers the first time;
+ * afterwards renames buffer columns after renamed source columns, adds buffer columns for added ones, and sets
+ * aside those whose source column is gone. Returns whether the buffer was created or changed.
+ *
+ * The capture function maps transition-table columns to buffer columns by position (a column alias list over the
+ * source's live columns, in attnum order, and an INSERT without a column list), so a rename, which moves nothing,
+ * never breaks a write, and neither does an added column (it comes after the aliased ones). A guard view over the
+ * captured columns makes PostgreSQL refuse to drop or retype them, or to drop the source, which would move the
+ * positions. Should the guard be gone anyway (DROP ... CASCADE), the function records a TRUNCATE instead of rows,
+ * so no reader applies a delta across the gap, and the reader's next refresh names the change (source_check.ts).
+ */
+export async function syncCapture(tx: Tx, relid: number): Promise<boolean> {
+  await tx`SELECT pg_advisory_xact_lock(${CAPTURE_LOCK}, ${relid}::int4)`;
+  const [rel] = await tx<{ schema: string; name: string }[]>`
+    SELECT n.nspname AS schema, c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = ${relid}`;
+  if (rel === undefined) throw new Error(`Cannot capture changes of table ${relid}: it does not exist`);
+  // FOR UPDATE: in a refresh (REPEATABLE READ) that started before another sync committed, this fails as a
+  // serialization failure, and the refresh is retried with a snapshot that sees the buffer as it now is.
+  const [existing] = await tx<{ columns: CapturedColumn[] }[]>`
+    SELECT columns FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${relid} FOR UPDATE`;
+  const current = await sourceColumns(tx, relid);
+  const buffer = bufferName(relid);
+  const table = `${quoteIdent(rel.schema)}.${quoteIdent(rel.name)}`;
+  // Everything below is built from catalog names, types and numbers, each quoted; nothing comes from a request.
+  let captured: CapturedColumn[];
+  let changed = true;
+  if (existing === undefined) {
+    captured = current.map((c) => ({ ...c }));
+    const colDefs = captured.map((c) => `,\n      ${quoteIdent(c.name)} ${c.type}`).join("");
     await tx.unsafe(`
       CREATE TABLE ${buffer} (
         change_id bigint NOT NULL,
         xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
         action char(1) NOT NULL${colDefs}
       ) WITH (autovacuum_vacuum_scale_factor = 0.01);
-      CREATE SEQUENCE ${sequenceName(source.relid)} OWNED BY ${buffer}.change_id;`);
-    await tx`INSERT INTO pgtrickle.pgt_change_buffers (source_relid, source_schema, source_name, columns)
-      VALUES (${source.relid}, ${source.schema}, ${source.name}, ${tx.json(columns as never)})`;
+      CREATE SEQUENCE ${sequenceName(relid)} OWNED BY ${buffer}.change_id;`);
+    await tx`INSERT INTO pgtrickle.pgt_change_buffers (source_relid, source_schema, source_name, columns,
+        capture_version)
+      VALUES (${relid}, ${rel.schema}, ${rel.name}, ${tx.json(captured as never)}, ${CAPTURE_VERSION})`;
+  } else {
+    const before = existing.columns;
+    captured = reconcileColumns(before, current);
+    const renamed = before.flatMap((c, i) => c.name !== captured[i]!.name ? [i] : []);
+    const added = captured.slice(before.length);
+    changed = renamed.length > 0 || added.length > 0;
+    // Two steps through names of their own, so that swapped names never collide.
+    const tmp = (i: number) => quoteIdent(`__pgt_tmp_${i}`);
+    const ddl = [
+      ...renamed.map((i) => `ALTER TABLE ${buffer} RENAME COLUMN ${quoteIdent(before[i]!.name)} TO ${tmp(i)};`),
+      ...renamed.map((i) => `ALTER TABLE ${buffer} RENAME COLUMN ${tmp(i)} TO ${quoteIdent(captured[i]!.name)};`),
+      ...added.map((c) => `ALTER TABLE ${buffer} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`),
+    ];
+    if (ddl.length > 0) await tx.unsafe(ddl.join("\n"));
+    await tx`UPDATE pgtrickle.pgt_change_buffers
+      SET columns = ${tx.json(captured as never)}, source_schema = ${rel.schema}, source_name = ${rel.name},
+        capture_version = ${CAPTURE_VERSION}
+      WHERE source_relid = ${relid}`;
   }
-  const fn = captureFunction(source.relid);
-  const list = columns.map((c) => quoteIdent(c.name)).join(", ");
-  const into = `INSERT INTO ${buffer} (change_id, action${list === "" ? "" : ", " + list})`;
-  const from = (action: string, rows: string) =>
-    `SELECT stmt, ${quoteLiteral(action)}${list === "" ? "" : ", " + list} FROM ${rows}`;
-  await tx.unsafe(`
-    CREATE OR REPLACE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $body$
-    DECLARE
-      stmt bigint := nextval(${quoteLiteral(sequenceName(source.relid))});
-    BEGIN
-      IF TG_OP = 'INSERT' THEN
-        ${into} ${from("I", "pgt_new")};
-      ELSIF TG_OP = 'UPDATE' THEN
-        ${into} ${from("D", "pgt_old")} UNION ALL ${from("I", "pgt_new")};
-      ELSIF TG_OP = 'DELETE' THEN
-        ${into} ${from("D", "pgt_old")};
-      ELSE
-        INSERT INTO ${buffer} (change_id, action) VALUES (stmt, 'T');
-      END IF;
-      RETURN NULL;
-    END
-    $body$;
-    CREATE OR REPLACE VIEW ${guardView(source.relid)} AS SELECT ${list === "" ? "1 AS none" : list} FROM ${table};`);
+  await writeCaptureFunction(tx, { relid, buffer, captured, current });
+  await writeGuard(tx, { relid, table, current });
   if (existing === undefined) {
+    const fn = captureFunction(relid);
     await tx.unsafe(`
       CREATE TRIGGER pgt_capture_ins AFTER INSERT ON ${table}
         REFERENCING NEW TABLE AS pgt_new FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();
@@ -110,7 +152,78 @@ export async function installCapture(tx: Tx, source: SourceRef): Promise<boolean
       CREATE TRIGGER pgt_capture_trunc AFTER TRUNCATE ON ${table}
         FOR EACH STATEMENT EXECUTE FUNCTION ${fn}();`);
   }
-  return true;
+  return changed;
+}
+
+/**
+ * The buffer's columns after a source change, in buffer order: a captured column still there with its type takes its
+ * current name; one dropped or retyped is set aside (renamed, attnum null); live columns not yet captured are added.
+ */
+export function reconcileColumns(old: CapturedColumn[], current: SourceColumn[]): CapturedColumn[] {
+  const live = new Map(current.map((c) => [c.attnum, c]));
+  const next = old.map((c, i): CapturedColumn => {
+    const now = c.attnum === null ? undefined : live.get(c.attnum);
+    if (now !== undefined && now.type === c.type) return { name: now.name, type: c.type, attnum: c.attnum };
+    return { name: c.name.startsWith(STALE) ? c.name : `${STALE}${i + 1}`, type: c.type, attnum: null };
+  });
+  const kept = new Set(next.map((c) => c.attnum));
+  for (const c of current) if (!kept.has(c.attnum)) next.push({ ...c });
+  return next;
+}
+
+/** Alias of a source column inside the capture function and the guard: its attnum, never its own name. */
+function positional(attnum: number): string {
+  return quoteIdent(`__pgt_a${attnum}`);
+}
+
+async function writeCaptureFunction(
+  tx: Tx,
+  c: { relid: number; buffer: string; captured: CapturedColumn[]; current: SourceColumn[] },
+): Promise<void> {
+  const aliases = c.current.length === 0 ? "" : `(${c.current.map((s) => positional(s.attnum)).join(", ")})`;
+  const values = c.captured.map((col) => col.attnum === null ? `, NULL::${col.type}` : `, ${positional(col.attnum)}`)
+    .join("");
+  const rows = (action: string, transition: string) =>
+    `SELECT stmt, xid, ${quoteLiteral(action)}${values} FROM ${transition} AS t${aliases}`;
+  const into = `INSERT INTO ${c.buffer}`;
+  await tx.unsafe(`
+    CREATE OR REPLACE FUNCTION ${captureFunction(c.relid)}() RETURNS trigger LANGUAGE plpgsql AS $body$
+    -- A column added to the source later and named like a variable must not make the statements ambiguous.
+    #variable_conflict use_variable
+    DECLARE
+      stmt bigint := nextval(${quoteLiteral(sequenceName(c.relid))});
+      xid xid8 := pg_current_xact_id();
+    BEGIN
+      IF to_regclass(${quoteLiteral(guardView(c.relid))}) IS NULL THEN
+        -- Without the guard the positions below may have moved: make every reader recompute instead.
+        INSERT INTO ${c.buffer} (change_id, action) VALUES (stmt, 'T');
+      ELSIF TG_OP = 'INSERT' THEN
+        ${into} ${rows("I", "pgt_new")};
+      ELSIF TG_OP = 'UPDATE' THEN
+        ${into} ${rows("D", "pgt_old")} UNION ALL ${rows("I", "pgt_new")};
+      ELSIF TG_OP = 'DELETE' THEN
+        ${into} ${rows("D", "pgt_old")};
+      ELSE
+        INSERT INTO ${c.buffer} (change_id, action) VALUES (stmt, 'T');
+      END IF;
+      RETURN NULL;
+    END
+    $body$;`);
+}
+
+/** (Re)creates the guard view over the source's live columns; kept (same oid) when columns were only added. */
+async function writeGuard(tx: Tx, g: { relid: number; table: string; current: SourceColumn[] }): Promise<void> {
+  const view = guardView(g.relid);
+  const names = g.current.map((c) => `__pgt_a${c.attnum}`);
+  const [old] = await tx<{ cols: string[] }[]>`
+    SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') AS cols FROM pg_attribute
+    WHERE attrelid = to_regclass(${view}) AND attnum > 0`;
+  const extendsOld = old!.cols.length > 0 && old!.cols.every((n, i) => names[i] === n);
+  const select = g.current.length === 0
+    ? `1 AS "__pgt_none"`
+    : g.current.map((c) => `${quoteIdent(c.name)} AS ${positional(c.attnum)}`).join(", ");
+  await tx.unsafe(`${extendsOld ? "" : `DROP VIEW IF EXISTS ${view};`}
+    CREATE OR REPLACE VIEW ${view} AS SELECT ${select} FROM ${g.table};`);
 }
 
 function captureFunction(relid: number): string {
@@ -121,7 +234,8 @@ function sequenceName(relid: number): string {
   return `pgtrickle_changes.${quoteIdent(`changes_${relid}_seq`)}`;
 }
 
-function guardView(relid: number): string {
+/** The guard view of a source's capture (see syncCapture). */
+export function guardView(relid: number): string {
   return `pgtrickle_changes.${quoteIdent(`guard_${relid}`)}`;
 }
 

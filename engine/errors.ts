@@ -74,6 +74,11 @@ export function refreshFailed(message: string, sqlstate: string): TrickleError {
   return new TrickleError("RefreshFailed", 422, `The refresh failed: ${message}`, { sqlstate });
 }
 
+/** 409: a source of the stream table was dropped, renamed, or changed so that its defining query no longer fits. */
+export function sourceChanged(message: string): TrickleError {
+  return new TrickleError("SourceChanged", 409, message);
+}
+
 /** 409: the operation conflicts with the current state (a dependent stream table, a refresh in progress). */
 export function conflict(code: string, message: string): TrickleError {
   return new TrickleError(code, 409, message);

@@ -9,6 +9,7 @@ import { isPgError, LOCK_NOT_AVAILABLE, withRetry } from "../../db/errors.ts";
 import { lockStreamTable, type StreamTableRow } from "../catalog.ts";
 import { deltaStats, pruneBuffer, tableName } from "../cdc.ts";
 import type { DatabaseContext } from "../context.ts";
+import { checkSources } from "../source_check.ts";
 import { TrickleError } from "../errors.ts";
 import { applyFull } from "./full.ts";
 import { applyDifferential } from "./differential.ts";
@@ -97,11 +98,14 @@ export async function refreshStreamTable(
   try {
     const result = await withRetry(() =>
       ctx.sql.begin("isolation level repeatable read", async (tx) => {
-        const st = await lockOrSkip(tx, pgtId, options);
+        // A source dropped or changed under the stream table fails here with its reason, or forces a FULL refresh.
+        const { st, fullReason } = await checkSources(tx, await lockOrSkip(tx, pgtId, options));
         const [snap] = await tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`;
         sources = await sourceRelids(tx, pgtId);
         const changes = new Map<number, number>();
-        const decision = await decide(ctx, tx, { st, sources, changes });
+        const decision = fullReason === null
+          ? await decide(ctx, tx, { st, sources, changes })
+          : { action: "FULL" as const, reason: fullReason, deltaRows: 0 };
         attempted = decision.action;
         const target = { schema: st.pgt_schema, name: st.pgt_name };
         let counts = { inserted: 0, deleted: 0 };
@@ -272,14 +276,16 @@ async function recordFailure(
   f: { error: unknown; startedAt: Date; durationMs: number; options: RefreshOptions; attempted: Action },
 ): Promise<void> {
   const message = f.error instanceof Error ? f.error.message : String(f.error);
+  // No retry can bring back a dropped or changed source: ERROR at once.
+  const sourceGone = f.error instanceof TrickleError && f.error.code === "SourceChanged";
   try {
     await ctx.sql.begin(async (tx) => {
       const [row] = await tx<{ consecutive_errors: number; status: string }[]>`
         UPDATE pgtrickle.pgt_stream_tables SET
           consecutive_errors = consecutive_errors + 1,
           last_error = ${message},
-          status = CASE WHEN consecutive_errors + 1 >= ${ctx.settings.maxConsecutiveErrors} AND status <> 'SUSPENDED'
-            THEN 'ERROR' ELSE status END,
+          status = CASE WHEN (consecutive_errors + 1 >= ${ctx.settings.maxConsecutiveErrors} OR ${sourceGone})
+            AND status <> 'SUSPENDED' THEN 'ERROR' ELSE status END,
           updated_at = now()
         WHERE pgt_id = ${pgtId}
         RETURNING consecutive_errors, status`;

@@ -11,7 +11,12 @@ import { applyDifferential, planQuery } from "../../engine/refresh/differential.
 import { applyFull } from "../../engine/refresh/full.ts";
 import type { QueryPlan } from "../../engine/refresh/plan.ts";
 import { quoteIdent } from "../../db/identifiers.ts";
+import { findStreamTable } from "../../engine/catalog.ts";
+import { TrickleError } from "../../engine/errors.ts";
+import { refreshStreamTable } from "../../engine/refresh/refresh.ts";
+import { createStreamTable } from "../../engine/stream_tables.ts";
 import { freshDatabase } from "./db.ts";
+import { startTestService } from "./service.ts";
 
 export type Sql = postgres.Sql;
 export type Tx = postgres.TransactionSql;
@@ -158,5 +163,143 @@ export async function assertSameContent(sql: Sql | Tx, table: string, plan: Quer
       `"${table}" differs from its query.\n  rows only in the stream table: ${JSON.stringify(extra)}\n` +
         `  rows only in the query result: ${JSON.stringify(missing)}`,
     );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Source schema changes, through the engine (its refresh checks the sources against the catalog)
+
+/** The sources of the schema-change oracle: `s` (renamed and swapped columns), `t` (dropped and recreated). */
+export async function createChangingSources(sql: Sql, rng: Rng): Promise<void> {
+  await sql.unsafe(`
+    CREATE TABLE s (id int PRIMARY KEY, k int, v int, w text);
+    CREATE TABLE t (id int PRIMARY KEY, name text);
+    CREATE TABLE u (id int PRIMARY KEY, p int, q int);`);
+  // Enough rows that a round of writes stays under differential_max_change_ratio.
+  await sql`INSERT INTO s SELECT i, i % 10, i % 50, (ARRAY['a', 'b', NULL])[i % 3 + 1] FROM generate_series(1, 2000) i`;
+  for (let i = 0; i < 100; i++) await sourceWrite(sql, rng, "w");
+  for (let i = 0; i < 8; i++) await sql`INSERT INTO t VALUES (${i}, ${rng.maybeNull(rng.pick(["t1", "t2"]))})`;
+  await sql`INSERT INTO u SELECT i, i % 5, i % 3 FROM generate_series(1, 60) i`;
+}
+
+/** One random write to `s` (its text column named `wName`) and `u`: inserts, updates of every column, deletes. */
+export async function sourceWrite(sql: Sql, rng: Rng, wName: string): Promise<void> {
+  const id = rng.int(1, 2500);
+  const w = rng.maybeNull(rng.pick(["a", "b", "c"]));
+  switch (rng.int(0, 5)) {
+    case 0:
+    case 1:
+      await sql.unsafe(
+        `INSERT INTO s (id, k, v, ${quoteIdent(wName)}) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+        [id, rng.maybeNull(rng.int(0, 9)), rng.maybeNull(rng.int(-5, 50)), w],
+      );
+      return;
+    case 2:
+      await sql.unsafe(`UPDATE s SET v = $1, ${quoteIdent(wName)} = $2 WHERE id BETWEEN $3 AND $3 + 5`, [
+        rng.maybeNull(rng.int(-5, 50)),
+        w,
+        id,
+      ]);
+      return;
+    case 3:
+      await sql`UPDATE s SET k = ${rng.maybeNull(rng.int(0, 9))} WHERE id BETWEEN ${id} AND ${id + 5}`;
+      return;
+    case 4:
+      await sql`DELETE FROM s WHERE id BETWEEN ${id} AND ${id + rng.int(0, 5)}`;
+      return;
+    default:
+      await sql`UPDATE u SET p = ${rng.int(0, 6)}, q = ${rng.int(0, 6)} WHERE id = ${rng.int(1, 60)}`;
+  }
+}
+
+/** Throws OracleMismatch unless `table`'s columns named like the query's outputs equal the query's result. */
+export async function assertEqualsQuery(sql: Sql, table: string, query: string): Promise<void> {
+  const probe = await sql.unsafe(`SELECT * FROM (${query}) q LIMIT 0`);
+  const plan = { columns: probe.columns.map((c) => ({ name: c.name, type: "" })) } as QueryPlan;
+  await assertSameContent(sql, table, plan, query);
+}
+
+/** A stream table over the changing sources; `fails` matches the SourceChanged message that puts it in ERROR. */
+export interface ChangeCase {
+  name: string;
+  query: string;
+  mode?: "FULL";
+  fails?: RegExp;
+}
+
+/**
+ * Through the engine: rounds of random writes, each followed by a refresh of every live case and the oracle; then
+ * `s.w` is renamed to `w2` and `u`'s columns p and q swap names (writes go on, the cases `fails` names go to ERROR
+ * at once, the others keep equalling their query), then `t` is dropped and recreated.
+ */
+export async function runSourceChangeOracle(
+  seed: number,
+  cases: ChangeCase[],
+): Promise<{ differentialAfterRename: boolean }> {
+  const rng = new Rng(seed);
+  const svc = await startTestService();
+  const ctx = svc.engine.db();
+  const sql = svc.db.sql as unknown as Sql;
+  let wName = "w";
+  const live = new Map(cases.map((c) => [c.name, c]));
+  const ids = new Map<string, number>();
+  /** Random writes (each must succeed), then a refresh of every live stream table and the oracle. */
+  const round = async (refresh = true) => {
+    for (let i = 0; i < 15; i++) await sourceWrite(sql, rng, wName);
+    if (!refresh) return;
+    for (const c of live.values()) {
+      await refreshStreamTable(ctx, ids.get(c.name)!, { initiatedBy: "MANUAL" });
+      await assertEqualsQuery(sql, c.name, c.query);
+    }
+  };
+  /** Refreshes the cases whose `fails` is `matching`: each fails with SourceChanged and is ERROR at once. */
+  const expectFailures = async (matching: RegExp) => {
+    for (const c of [...live.values()].filter((c) => String(c.fails) === String(matching))) {
+      const error = await refreshStreamTable(ctx, ids.get(c.name)!, { initiatedBy: "MANUAL" }).then(
+        () => new Error(`${c.name}: the refresh succeeded`),
+        (e: Error) => e,
+      );
+      if (!(error instanceof TrickleError) || error.code !== "SourceChanged" || !matching.test(error.message)) {
+        throw new OracleMismatch(`${c.name}: expected SourceChanged matching ${matching}, got ${error.message}`);
+      }
+      const row = await findStreamTable(sql as never, { schema: "public", name: c.name });
+      if (row?.status !== "ERROR") throw new OracleMismatch(`${c.name}: status ${row?.status}, expected ERROR`);
+      live.delete(c.name);
+    }
+  };
+  try {
+    await createChangingSources(sql, rng);
+    for (const c of cases) {
+      const st = await createStreamTable(ctx, {
+        name: { schema: "public", name: c.name },
+        query: c.query,
+        schedule: "1h",
+        refreshMode: c.mode ?? "AUTO",
+        freshnessDeadlineMs: null,
+      });
+      ids.set(c.name, st.pgt_id);
+    }
+    for (let r = 0; r < 3; r++) await round();
+
+    await sql`ALTER TABLE s RENAME COLUMN w TO w2`;
+    await sql.unsafe("ALTER TABLE u RENAME COLUMN p TO tmp; ALTER TABLE u RENAME COLUMN q TO p");
+    await sql`ALTER TABLE u RENAME COLUMN tmp TO q`;
+    wName = "w2";
+    await round(false);
+    await expectFailures(/"public\.s" changed: column "w" was renamed to "w2"/);
+    for (let r = 0; r < 4; r++) await round();
+    const actions = await sql<{ action: string }[]>`
+      SELECT action FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
+      WHERE s.pgt_name = 'unused_group' ORDER BY refresh_id DESC LIMIT 4`;
+
+    await sql.unsafe(`DROP TABLE t CASCADE; CREATE TABLE t (id int PRIMARY KEY, name text);
+      INSERT INTO t SELECT i, 'again' FROM generate_series(0, 9) i`);
+    await round(false);
+    await expectFailures(/"public\.t".*dropped/);
+    for (let r = 0; r < 2; r++) await round();
+    await sql`INSERT INTO t VALUES (10, 'writes to the new table work')`;
+    return { differentialAfterRename: actions.some((a) => a.action === "DIFFERENTIAL") };
+  } finally {
+    await svc.close();
   }
 }
