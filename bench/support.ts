@@ -3,6 +3,8 @@
  * run, DESIGN.md section 15), and the table that bench/main.ts prints.
  */
 import type { Sql } from "../db/pool.ts";
+// The project's one median: the cost model's (engine/cost_model.ts), so a bench figure and a refresh prediction agree.
+export { median } from "../engine/cost_model.ts";
 
 /** A goal is either a ceiling on measured / baseline, or a ceiling on the measured time itself. */
 export type Goal = { kind: "ratio"; max: number } | { kind: "ms"; max: number };
@@ -31,14 +33,6 @@ export interface BenchOptions {
   serverUrl: string;
   /** Prints a progress line to stderr (the table goes to stdout). */
   progress(line: string): void;
-}
-
-/** The middle value (mean of the two middle ones for an even count). */
-export function median(values: readonly number[]): number {
-  if (values.length === 0) throw new Error("median of no values");
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 /** Wall-clock milliseconds `fn` takes, as the client sees it (round trips included). */
