@@ -906,8 +906,8 @@ Deno.test({
         assert.equal(docs.status, 200);
         assert.match(docs.headers.get("content-type") ?? "", /^text\/html/);
         const html = await docs.text();
-        const fetched = /fetch\("([^"]+)"\)/.exec(html);
-        assert.ok(fetched !== null, "the page fetches the OpenAPI document");
+        const fetched = /url: new URL\("([^"]+)", location\.href\)/.exec(html);
+        assert.ok(fetched !== null, "the page reads the OpenAPI document (Swagger UI; tests/docs_page_test.ts)");
         assert.equal(new URL(fetched[1]!, "http://host/docs").pathname, "/openapi.json");
 
         const p = await problem(await get("/no/such/route"), 404, "NotFound", /GET \/no\/such\/route/);
