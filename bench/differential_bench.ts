@@ -251,21 +251,13 @@ async function fallback(sql: Sql, opts: BenchOptions, t: Table): Promise<Figure[
 }
 
 if (import.meta.main) {
-  const { startEmbedded } = await import("../db/embedded.ts");
-  const { createLogger } = await import("../engine/log.ts");
+  const { startThrowawayServer } = await import("../tests/support/embedded_server.ts");
   const { renderTable } = await import("./support.ts");
   const progress = (line: string) => console.error(`bench: ${line}`);
-  let url = Deno.env.get("BENCH_DATABASE_URL") || Deno.env.get("TEST_DATABASE_URL") || "";
-  let stop = async () => {};
-  if (url === "") {
-    const dataDir = `.trickle-test/bench-diff-${Deno.pid}`;
-    const server = await startEmbedded({ dataDir, log: createLogger("warn"), ephemeral: true });
-    url = server.url;
-    stop = async () => {
-      await server.stop();
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-    };
-  }
+  const { url, stop } = await startThrowawayServer({
+    url: Deno.env.get("BENCH_DATABASE_URL") || Deno.env.get("TEST_DATABASE_URL"),
+    onStart: () => progress("starting the embedded PostgreSQL"),
+  });
   Deno.env.set("TEST_DATABASE_URL", url);
   try {
     console.log(renderTable(await runDifferentialBench({ serverUrl: url, progress })));

@@ -8,9 +8,8 @@
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
  */
-import { startEmbedded } from "../db/embedded.ts";
 import { connect } from "../db/pool.ts";
-import { createLogger } from "../engine/log.ts";
+import { startThrowawayServer } from "../tests/support/embedded_server.ts";
 import { runFoundationBench } from "./foundation_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
@@ -76,21 +75,10 @@ const suites = parseArgs(Deno.args);
 const encoder = new TextEncoder();
 const progress = (line: string) => Deno.stderr.writeSync(encoder.encode(`bench: ${line}\n`));
 
-let serverUrl = Deno.env.get("BENCH_DATABASE_URL") || Deno.env.get("TEST_DATABASE_URL") || "";
-let stop = async () => {};
-if (serverUrl === "") {
-  // In the system's temporary directory: the postgres OS user (when running as root) must reach it, which a
-  // checkout in a private home directory would not allow.
-  const dataDir = await Deno.makeTempDir({ prefix: "trickle-test-" });
-  await Deno.chmod(dataDir, 0o755);
-  progress("starting the embedded PostgreSQL");
-  const server = await startEmbedded({ dataDir, log: createLogger("warn"), ephemeral: true });
-  serverUrl = server.url;
-  stop = async () => {
-    await server.stop();
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  };
-}
+const { url: serverUrl, stop } = await startThrowawayServer({
+  url: Deno.env.get("BENCH_DATABASE_URL") || Deno.env.get("TEST_DATABASE_URL"),
+  onStart: () => progress("starting the embedded PostgreSQL"),
+});
 // Ctrl-C stops the embedded server too, instead of leaving it running.
 Deno.addSignalListener("SIGINT", () => {
   progress("interrupted, stopping");

@@ -2,8 +2,7 @@
  * The test command: starts the embedded PostgreSQL (unless TEST_DATABASE_URL names a server), runs `deno test` on
  * the unit and integration tests (or the e2e tests with --e2e), stops the server, and prints a one-line summary.
  */
-import { startEmbedded } from "../db/embedded.ts";
-import { createLogger } from "../engine/log.ts";
+import { startThrowawayServer } from "./support/embedded_server.ts";
 
 const e2e = Deno.args.includes("--e2e");
 if (e2e && ![...Deno.readDirSync("tests/e2e")].some((f) => f.name.endsWith("_test.ts"))) {
@@ -11,21 +10,7 @@ if (e2e && ![...Deno.readDirSync("tests/e2e")].some((f) => f.name.endsWith("_tes
   Deno.exit(0);
 }
 const passThrough = Deno.args.filter((a) => a !== "--e2e");
-const log = createLogger("warn");
-let url = Deno.env.get("TEST_DATABASE_URL") ?? "";
-let stop = async () => {};
-if (url === "") {
-  // In the system's temporary directory: the postgres OS user (when running as root) must reach it, which a
-  // checkout in a private home directory would not allow.
-  const dataDir = await Deno.makeTempDir({ prefix: "trickle-test-" });
-  await Deno.chmod(dataDir, 0o755);
-  const server = await startEmbedded({ dataDir, log, ephemeral: true });
-  url = server.url;
-  stop = async () => {
-    await server.stop();
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  };
-}
+const { url, stop } = await startThrowawayServer({ url: Deno.env.get("TEST_DATABASE_URL") });
 
 // Ctrl-C: stop the test server too, so no PostgreSQL is left behind.
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
