@@ -3,17 +3,49 @@ import { ConfigError, loadConfig } from "./config.ts";
 import { startEmbedded } from "./db/embedded.ts";
 import { systemClock } from "./engine/clock.ts";
 import { Engine } from "./engine/engine.ts";
-import { createLogger } from "./engine/log.ts";
+import { createLogger, type Logger } from "./engine/log.ts";
 import { createApp } from "./routes/app.ts";
 import { VERSION } from "./version.ts";
 
 /** The typed error for a listen address already taken. */
 export class PortInUse extends Error {
   readonly code = "PortInUse";
-  constructor(host: string, port: number) {
-    super(`Port ${port} on ${host} is already in use; stop the other process or set TRICKLE_PORT`);
+  constructor(host: string, options: { port: number; setting: string }) {
+    super(
+      `Port ${options.port} on ${host} is already in use; stop the other process or set ${options.setting} ` +
+        `to a free port`,
+    );
     this.name = "PortInUse";
   }
+}
+
+/**
+ * Fails with PortInUse when a listen port is taken, before any other start-up work: a taken port must not cost an
+ * embedded server's start and migrations first. The port is bound and released at once; losing it to another
+ * process before the listener opens is still caught there.
+ */
+function checkPortsFree(host: string, ports: { port: number; setting: string }[]): void {
+  for (const p of ports) {
+    if (p.port === 0) continue; // any free port
+    try {
+      Deno.listen({ hostname: host, port: p.port }).close();
+    } catch (e) {
+      if (e instanceof Deno.errors.AddrInUse) throw new PortInUse(host, p);
+      throw e;
+    }
+  }
+}
+
+/** A failure's reason for the log, never empty (a bare rejection or an error without a message says what it was). */
+function reason(e: unknown): string {
+  if (e instanceof Error && e.message.trim() !== "") return e.message;
+  const text = e instanceof Error ? e.name : typeof e === "string" ? e : JSON.stringify(e) ?? String(e);
+  return text !== undefined && text.trim() !== "" ? text : "an unknown error (nothing was reported)";
+}
+
+function logStartFailure(log: Logger, msg: string, e: unknown): void {
+  const code = (e as { code?: unknown } | null)?.code;
+  log.error(msg, { error: { message: reason(e), ...(typeof code === "string" ? { code } : {}) } });
 }
 
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"]);
@@ -38,13 +70,21 @@ async function main(): Promise<number> {
     host = "127.0.0.1";
     log.warn("no token configured: the API is open and listens on 127.0.0.1 only");
   }
+  const ports = [{ port: config.port, setting: "TRICKLE_PORT" }];
+  if (config.metricsPort !== null) ports.push({ port: config.metricsPort, setting: "TRICKLE_METRICS_PORT" });
+  try {
+    checkPortsFree(host, ports);
+  } catch (e) {
+    logStartFailure(log, "could not listen", e);
+    return 1;
+  }
 
   let embedded = null;
   if (config.databaseUrl === null) {
     try {
       embedded = await startEmbedded({ dataDir: config.dataDir, log });
     } catch (e) {
-      log.error("could not start the embedded PostgreSQL", { error: e });
+      logStartFailure(log, "could not start the embedded PostgreSQL", e);
       return 1;
     }
   }
@@ -63,7 +103,7 @@ async function main(): Promise<number> {
       clock: systemClock,
     });
   } catch (e) {
-    log.error("could not open the databases", { error: e });
+    logStartFailure(log, "could not open the databases", e);
     await stopEmbedded();
     return 1;
   }
@@ -92,8 +132,10 @@ async function main(): Promise<number> {
       },
     }, app.fetch);
   } catch (e) {
-    const err = e instanceof Deno.errors.AddrInUse ? new PortInUse(host, config.port) : e;
-    log.error("could not listen", { error: err });
+    const err = e instanceof Deno.errors.AddrInUse
+      ? new PortInUse(host, { port: config.port, setting: "TRICKLE_PORT" })
+      : e;
+    logStartFailure(log, "could not listen", err);
     await engine.close();
     await stopEmbedded();
     return 1;
@@ -116,4 +158,7 @@ async function main(): Promise<number> {
   return await done.promise;
 }
 
-if (import.meta.main) Deno.exit(await main());
+if (import.meta.main) {
+  // Anything main() did not expect still exits 1 with its reason.
+  Deno.exit(await main().catch((e) => (console.error(`trickle stopped: ${reason(e)}`), 1)));
+}

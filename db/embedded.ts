@@ -37,22 +37,61 @@ export interface EmbeddedOptions {
   ephemeral?: boolean;
 }
 
-/** Starts (initialising on first use) a PostgreSQL server whose data lives in `dataDir`, bound to 127.0.0.1. */
+/**
+ * Starts (initialising on first use) a PostgreSQL server whose data lives in `dataDir`, bound to 127.0.0.1, on the
+ * port it used last time when that port is free, so clients and other instances configured with its URL reconnect.
+ */
 export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedServer> {
   const dataDir = path.resolve(options.dataDir);
   const pgdata = path.join(dataDir, "pgdata");
   await Deno.mkdir(dataDir, { recursive: true, mode: 0o755 });
   const password = await readOrCreatePassword(path.join(dataDir, "password"));
-  const port = await freePort();
+  // A server left running by a killed service holds the data directory and its port: reclaim it first.
+  await reclaimOrphan(dataDir, options.log);
+  await Deno.writeTextFile(path.join(dataDir, OWNER_FILE), `${Deno.pid}\n`);
+  const port = await choosePort(dataDir, options.log);
   const settings = { dataDir, pgdata, password, port, log: options.log, ephemeral: options.ephemeral ?? false };
   // PostgreSQL refuses to run as root. As root, it runs as the `postgres` OS user, from binaries that user can reach.
   const stop = Deno.uid() === 0 ? await startAsPostgresUser(settings) : await startWithPackage(settings);
+  await Deno.writeTextFile(path.join(dataDir, PORT_FILE), `${port}\n`);
   const url = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`;
   // For psql and other clients: `psql "$(cat .trickle/database_url)"`. Readable by this user only, like the password.
   const urlFile = path.join(dataDir, "database_url");
   await Deno.writeTextFile(urlFile, url + "\n", { mode: 0o600 });
   options.log.info("embedded PostgreSQL started", { port, dataDir: pgdata, connection_url_file: urlFile });
   return { url, port, stop };
+}
+
+/** The file keeping the server's port across restarts. */
+const PORT_FILE = "port";
+/** The file naming the service process that runs the server (its parent), to tell a live owner from a dead one. */
+const OWNER_FILE = "service.pid";
+
+/** Whether 127.0.0.1:`port` can be bound now. */
+export function isPortFree(port: number): boolean {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) return false;
+    throw e;
+  }
+}
+
+/** The port used last time when it is free; otherwise a new one, logged, since clients must learn the new URL. */
+async function choosePort(dataDir: string, log: Logger): Promise<number> {
+  const saved = Number((await Deno.readTextFile(path.join(dataDir, PORT_FILE)).catch(() => "")).trim());
+  if (Number.isInteger(saved) && saved > 0) {
+    if (isPortFree(saved)) return saved;
+    const port = await freePort();
+    log.warn("the embedded PostgreSQL's port is taken by another process; it moves to a new port", {
+      previous_port: saved,
+      port,
+      hint: "clients and other instances using the old URL must use the new one (see database_url)",
+    });
+    return port;
+  }
+  return await freePort();
 }
 
 interface Settings {
@@ -92,7 +131,6 @@ async function startWithPackage(s: Settings): Promise<() => Promise<void>> {
     s.log.info("initialising embedded PostgreSQL", { dataDir: s.pgdata });
     await pg.initialise();
   }
-  await reclaimOrphan(s.pgdata, s.log);
   await pg.start().catch((e: unknown) => {
     throw new Error(
       `The embedded PostgreSQL in "${s.pgdata}" did not start${e instanceof Error ? `: ${e.message}` : ""}; ` +
@@ -142,7 +180,6 @@ async function startAsPostgresUser(s: Settings): Promise<() => Promise<void>> {
       );
     }
   }
-  await reclaimOrphan(s.pgdata, s.log);
   const child = new Deno.Command("setpriv", {
     args: asPostgres([path.join(bin, "postgres"), "-D", s.pgdata, "-p", String(s.port), ...SERVER_FLAGS]),
     stdin: "null",
@@ -241,40 +278,72 @@ async function readOrCreatePassword(file: string): Promise<string> {
 }
 
 /**
- * A service killed without its shutdown (SIGKILL, a crash) leaves its PostgreSQL running, orphaned to init, and
- * holding the data directory. Such an orphan is stopped (fast shutdown) so this start can proceed; a server whose
- * parent is alive belongs to another running service and is left alone, with a clear error.
+ * A service killed without its shutdown (SIGKILL, a crash) leaves its PostgreSQL running, orphaned, holding the
+ * data directory and the port. Such a server is stopped (fast shutdown, then immediate) so this start can proceed.
+ * A server whose parent is the live service recorded as its owner belongs to that service and is left alone.
  */
-async function reclaimOrphan(pgdata: string, log: Logger): Promise<void> {
+async function reclaimOrphan(dataDir: string, log: Logger): Promise<void> {
+  const pgdata = path.join(dataDir, "pgdata");
+  const pidFile = path.join(pgdata, "postmaster.pid");
   let pid: number;
   try {
-    pid = Number((await Deno.readTextFile(path.join(pgdata, "postmaster.pid"))).split("\n")[0]);
+    pid = Number((await Deno.readTextFile(pidFile)).split("\n")[0]);
   } catch {
+    return; // no server was running on this data directory
+  }
+  const server = await processInfo(pid);
+  if (server === null) return; // not running: PostgreSQL removes its stale pid file itself
+  if (server.comm !== "postgres") {
+    // The pid was reused by an unrelated process (after a reboot or container restart): PostgreSQL would take it
+    // for a live server and refuse to start, so the stale file goes.
+    log.warn("removing a stale postmaster.pid left by an earlier run", { pid, now_used_by: server.comm });
+    await Deno.remove(pidFile);
     return;
   }
-  let ppid: number;
-  try {
-    // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may contain spaces, so split after the last ")".
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-  } catch {
-    return; // not running: PostgreSQL removes the stale pid file itself
-  }
-  if (ppid !== 1) {
+  const owner = Number((await Deno.readTextFile(path.join(dataDir, OWNER_FILE)).catch(() => "")).trim());
+  const parent = server.ppid === 1 ? null : await processInfo(server.ppid);
+  if (parent !== null && (server.ppid === owner || parent.comm === "deno")) {
     throw new Error(
-      `The embedded PostgreSQL data directory "${pgdata}" is in use by process ${pid} ` +
-        `(another trickle service?); stop it or set TRICKLE_DATA_DIR`,
+      `The embedded PostgreSQL data directory "${pgdata}" is in use by PostgreSQL process ${pid}, run by the ` +
+        `service process ${server.ppid}: stop that service (kill ${server.ppid}) or set TRICKLE_DATA_DIR to ` +
+        `another directory`,
     );
   }
-  log.warn("stopping an orphaned embedded PostgreSQL left by an earlier run", { pid });
-  Deno.kill(pid, "SIGINT");
-  for (let i = 0; i < 100; i++) {
+  log.warn("stopping the embedded PostgreSQL left running by an earlier run that was killed", {
+    pid,
+    dataDir: pgdata,
+  });
+  for (const [signal, waitMs] of [["SIGINT", 10_000], ["SIGQUIT", 5_000]] as const) {
     try {
-      await Deno.stat(`/proc/${pid}`);
+      Deno.kill(pid, signal); // SIGINT: fast shutdown; SIGQUIT: immediate (crash recovery at the next start)
     } catch {
-      return;
+      return; // gone meanwhile
     }
-    await new Promise((r) => setTimeout(r, 100));
+    const deadline = Date.now() + waitMs;
+    while (Date.now() < deadline) {
+      if ((await processInfo(pid)) === null) {
+        log.info("stopped the orphaned embedded PostgreSQL", { pid });
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
-  throw new Error(`The orphaned PostgreSQL (process ${pid}) did not stop within 10 s`);
+  throw new Error(
+    `The embedded PostgreSQL (process ${pid}) left running by an earlier run in "${pgdata}" did not stop: ` +
+      `stop it with \`kill -KILL ${pid}\` (as root or its OS user), then start trickle again`,
+  );
+}
+
+/** A live process's command name and parent, from /proc/<pid>/stat; null when there is no such process. */
+async function processInfo(pid: number): Promise<{ comm: string; ppid: number } | null> {
+  if (!Number.isInteger(pid) || pid <= 0) return null;
+  try {
+    // "pid (comm) state ppid ...": comm may contain spaces, so split after the last ")".
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (state === "Z") return null; // exited, not yet reaped
+    return { comm: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")), ppid: Number(ppid) };
+  } catch {
+    return null;
+  }
 }

@@ -103,8 +103,10 @@ export class Engine {
   /** Stops the scheduler (finishing or rolling back running refreshes) and closes every pool. */
   async close(graceMs = 10_000): Promise<void> {
     await this.scheduler.stop(graceMs);
-    // Closing a pool ends its connections; a refresh still running is rolled back by the server.
-    await Promise.all(this.all().map((c) => c.sql.end({ timeout: 5 })));
+    // Closing a pool ends its connections; a refresh still running is rolled back by the server. A connection that
+    // failed to connect (server gone) never ends by itself in postgres.js: the timeout bounds it, briefly, since
+    // nothing else runs on the pools by now.
+    await Promise.all(this.all().map((c) => c.sql.end({ timeout: 1 })));
   }
 }
 

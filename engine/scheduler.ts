@@ -7,16 +7,18 @@
  */
 import type postgres from "postgres";
 import { listDependencies, listStreamTables } from "./catalog.ts";
-import { installCapture } from "./cdc.ts";
-import { describeSource } from "./query.ts";
 import type { Clock } from "./clock.ts";
 import type { DatabaseContext } from "./context.ts";
 import type { Logger } from "./log.ts";
 import { RefreshBusy, refreshStreamTable } from "./refresh/refresh.ts";
+import { removeAbandonedCreation } from "./recovery.ts";
 import { nextDue, parseSchedule } from "./schedule.ts";
 
-/** An INITIALIZING stream table untouched this long was left by a crashed creation; the scheduler completes it. */
-const ABANDONED_CREATION_MS = 60_000;
+/**
+ * How long stop() waits for a tick in progress. A tick only reads the catalog; one still running after this is
+ * waiting for a connection to a server that does not answer, and is left behind (the pools' end closes it).
+ */
+const TICK_STOP_WAIT_MS = 500;
 /** Advisory lock key for "this instance schedules this database" (arbitrary, fixed). */
 const LEADER_LOCK = 7_417_003;
 
@@ -94,7 +96,9 @@ export class Scheduler {
   async stop(graceMs = 10_000): Promise<void> {
     this.#stopped = true;
     if (this.#timer !== null) clearTimeout(this.#timer);
-    await this.#ticking;
+    let tickTimer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#ticking, new Promise((r) => (tickTimer = setTimeout(r, TICK_STOP_WAIT_MS)))]);
+    clearTimeout(tickTimer);
     const jobs = this.#dbs.flatMap((d) => [...d.inflight.values()]);
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
@@ -149,6 +153,10 @@ export class Scheduler {
       }
     }
     const reserved = await d.ctx.sql.reserve();
+    if (this.#stopped) {
+      reserved.release(); // stop() did not wait for this connection
+      return false;
+    }
     try {
       const [row] = await reserved<{ ok: boolean }[]>`SELECT pg_try_advisory_lock(${LEADER_LOCK}) AS ok`;
       if (row?.ok === true) {
@@ -184,10 +192,13 @@ export class Scheduler {
       if (dep.source_pgt_id === null) continue;
       upstream.set(dep.pgt_id, [...(upstream.get(dep.pgt_id) ?? []), dep.source_pgt_id]);
     }
+    for (const st of tables) {
+      if (st.status !== "INITIALIZING" || d.inflight.has(st.pgt_id) || this.#stopped) continue;
+      const job = this.#recover(d, st.pgt_id).finally(() => d.inflight.delete(st.pgt_id));
+      d.inflight.set(st.pgt_id, job);
+    }
     const due = tables.filter((st) => {
-      if (d.inflight.has(st.pgt_id)) return false;
-      if (st.status === "INITIALIZING") return now.getTime() - st.updated_at.getTime() > ABANDONED_CREATION_MS;
-      if (st.status !== "ACTIVE") return false;
+      if (d.inflight.has(st.pgt_id) || st.status !== "ACTIVE") return false;
       try {
         return nextDue(parseSchedule(st.schedule), st.last_refresh_at, now) <= now;
       } catch {
@@ -198,22 +209,15 @@ export class Scheduler {
     for (const st of orderByDependencies(due, upstream)) {
       const waitFor = (upstream.get(st.pgt_id) ?? []).map((id) => d.inflight.get(id)).filter((p) => p !== undefined);
       d.queued++;
-      const prepare = st.status === "INITIALIZING" ? () => this.#finishCreation(d, st.pgt_id) : null;
-      const job = this.#run(d, st.pgt_id, waitFor, prepare).finally(() => d.inflight.delete(st.pgt_id));
+      const job = this.#run(d, st.pgt_id, waitFor).finally(() => d.inflight.delete(st.pgt_id));
       d.inflight.set(st.pgt_id, job);
     }
   }
 
-  async #run(
-    d: DbState,
-    pgtId: number,
-    waitFor: Promise<void>[],
-    prepare: (() => Promise<void>) | null,
-  ): Promise<void> {
+  async #run(d: DbState, pgtId: number, waitFor: Promise<void>[]): Promise<void> {
     await Promise.allSettled(waitFor);
     await this.#acquire(d);
     try {
-      if (prepare !== null) await prepare();
       if (!this.#stopped) await refreshStreamTable(d.ctx, pgtId, { initiatedBy: "SCHEDULER", skipIfBusy: true });
     } catch (e) {
       if (!(e instanceof RefreshBusy)) {
@@ -225,20 +229,15 @@ export class Scheduler {
   }
 
   /**
-   * A creation interrupted by a crash left its stream table INITIALIZING, maybe without capture on every source.
-   * Capture is (re)installed, committed, before the refresh that completes the creation takes its snapshot.
+   * An INITIALIZING stream table is a creation in progress or one whose creator is gone; the latter is removed
+   * (see recovery.ts). Checked at every tick, so the first tick of a new leader cleans up after a crashed instance.
    */
-  async #finishCreation(d: DbState, pgtId: number): Promise<void> {
-    const deps = await listDependencies(d.ctx.sql, { of: pgtId });
-    for (const dep of deps) {
-      const source = await describeSource(d.ctx.sql, {
-        relid: dep.source_relid,
-        schema: dep.source_schema,
-        name: dep.source_name,
-      });
-      await d.ctx.sql.begin((tx) => installCapture(tx, source));
+  async #recover(d: DbState, pgtId: number): Promise<void> {
+    try {
+      await removeAbandonedCreation(d.ctx, pgtId);
+    } catch (e) {
+      this.#log.error("could not remove an interrupted creation", { database: d.ctx.name, pgt_id: pgtId, error: e });
     }
-    this.#log.warn("finishing an interrupted creation", { database: d.ctx.name, pgt_id: pgtId });
   }
 
   async #acquire(d: DbState): Promise<void> {

@@ -24,6 +24,7 @@ import { planQuery } from "./refresh/differential.ts";
 import type { QueryPlan } from "./refresh/plan.ts";
 import { fullOnlyPlan } from "./refresh/full.ts";
 import { refreshStreamTable } from "./refresh/refresh.ts";
+import { beginCreation } from "./recovery.ts";
 import { parseSchedule } from "./schedule.ts";
 
 export interface CreateInput {
@@ -73,6 +74,8 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
     : await planQuery(ctx.sql, { query: input.query, description, requested: input.refreshMode });
   const { mode, reason } = effectiveMode(input.refreshMode, plan);
   const label = displayName(input.name);
+  // Held until this function returns: a row left INITIALIZING without it was abandoned (see recovery.ts).
+  await using creation = await beginCreation(ctx.sql);
   let pgtId: number;
   try {
     pgtId = await ctx.sql.begin(async (tx) => {
@@ -85,10 +88,12 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
       await createStorage(tx, input.name, plan);
       const [rel] = await tx<{ oid: number }[]>`SELECT ${quoteQualified(input.name)}::regclass::oid::int8 AS oid`;
       const [row] = await tx<{ pgt_id: number }[]>`
-        INSERT INTO pgtrickle.pgt_stream_tables (pgt_relid, pgt_schema, pgt_name, defining_query, refresh_mode,
-          effective_refresh_mode, fallback_reason, schedule, freshness_deadline_ms, plan)
-        VALUES (${rel!.oid}, ${input.name.schema}, ${input.name.name}, ${input.query}, ${input.refreshMode}, ${mode},
-          ${reason}, ${input.schedule.trim()}, ${input.freshnessDeadlineMs}, ${tx.json(plan as never)})
+        INSERT INTO pgtrickle.pgt_stream_tables (pgt_id, pgt_relid, pgt_schema, pgt_name, defining_query,
+          refresh_mode, effective_refresh_mode, fallback_reason, schedule, freshness_deadline_ms, plan)
+        OVERRIDING SYSTEM VALUE
+        VALUES (${creation.pgtId}, ${rel!.oid}, ${input.name.schema}, ${input.name.name}, ${input.query},
+          ${input.refreshMode}, ${mode}, ${reason}, ${input.schedule.trim()}, ${input.freshnessDeadlineMs},
+          ${tx.json(plan as never)})
         RETURNING pgt_id`;
       for (const s of description.sources) {
         await tx`INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_relid, source_schema, source_name, source_pgt_id)

@@ -203,38 +203,6 @@ Deno.test({
         },
       );
 
-      await t.step("a creation interrupted before its initial refresh is completed by the scheduler", async () => {
-        await sql`CREATE TABLE interrupted_src (id int PRIMARY KEY, v int)`;
-        await sql`INSERT INTO interrupted_src VALUES (1, 1)`;
-        const st = await create(ctx, "interrupted", "SELECT id, v FROM interrupted_src");
-        // What a crash between registering the stream table and installing capture leaves behind:
-        const { oid } = one(await sql<{ oid: number }[]>`SELECT 'interrupted_src'::regclass::oid::int8 AS oid`);
-        await sql.begin(async (tx) => {
-          await tx`DELETE FROM pgtrickle.pgt_refresh_history WHERE pgt_id = ${st.pgt_id}`;
-          await tx`UPDATE pgtrickle.pgt_stream_tables SET status = 'INITIALIZING', frontier = NULL, last_refresh_at = NULL
-            WHERE pgt_id = ${st.pgt_id}`;
-          await tx.unsafe(
-            `DROP TRIGGER pgt_capture_ins ON interrupted_src; DROP TRIGGER pgt_capture_upd ON interrupted_src;
-            DROP TRIGGER pgt_capture_del ON interrupted_src; DROP TRIGGER pgt_capture_trunc ON interrupted_src;
-            DROP VIEW pgtrickle_changes.guard_${oid}; DROP TABLE pgtrickle_changes.changes_${oid};
-            DELETE FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${oid};
-            DELETE FROM interrupted;`,
-          );
-        });
-        await sql`INSERT INTO interrupted_src VALUES (2, 2)`;
-        await tick();
-        let row = (await findStreamTable(sql, { schema: "public", name: "interrupted" }))!;
-        assert.equal(row.status, "INITIALIZING", "a fresh INITIALIZING row may be a creation in progress: left alone");
-        now += 120_000;
-        await tick();
-        row = (await findStreamTable(sql, { schema: "public", name: "interrupted" }))!;
-        assert.equal(row.status, "ACTIVE");
-        await assertFresh(sql, "interrupted", "SELECT id, v FROM interrupted_src");
-        await sql`UPDATE interrupted_src SET v = 20 WHERE id = 2`;
-        await tick();
-        await assertFresh(sql, "interrupted", "SELECT id, v FROM interrupted_src");
-      });
-
       await t.step(
         "a FULL stream table stores the bare result; switching to AUTO adds what DIFFERENTIAL needs",
         async () => {

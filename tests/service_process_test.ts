@@ -4,9 +4,9 @@
  * mid-refresh leaves the last committed state.
  */
 import assert from "node:assert/strict";
-import type { Sql } from "../db/pool.ts";
+import { connect, type Sql } from "../db/pool.ts";
 import { freshDatabase } from "./support/db.ts";
-import { eventually, type ServiceProcess, spawnService } from "./support/process.ts";
+import { eventually, launchService, logLines, type ServiceProcess, spawnService } from "./support/process.ts";
 import { dbTest } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 
@@ -168,6 +168,87 @@ Deno.test({
     } finally {
       await stopAll(procs);
       await db.drop();
+    }
+  },
+});
+
+Deno.test({
+  name: "a standby stops within 2 s of SIGTERM and exits 0, also when the leader took its embedded server down",
+  ...dbTest,
+  fn: async () => {
+    const dataDir = await Deno.makeTempDir({ prefix: "trickle-standby-" });
+    await Deno.chmod(dataDir, 0o755); // as root, the embedded server's OS user must reach it
+    const procs: ServiceProcess[] = [];
+    let sql: Sql | null = null;
+    try {
+      // The first instance runs the embedded server; the second uses it by its URL, as operators do.
+      const first = await spawnService({ env: { TRICKLE_DATA_DIR: dataDir } });
+      procs.push(first);
+      const url = (await Deno.readTextFile(`${dataDir}/database_url`)).trim();
+      sql = connect(url, { max: 1, applicationName: "test" });
+      assert.ok(await eventually(async () => (await leaderPid(sql!)) === first.pid, 5000), "the first one leads");
+      const standby = await spawnService({ databaseUrl: url });
+      procs.push(standby);
+      await sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
+      const created = await post(standby, "/stream-tables", { name: "totals", query: "SELECT sum(v) AS s FROM src" });
+      assert.equal(created.status, 201, standby.log());
+      await new Promise((r) => setTimeout(r, 600)); // a few scheduler ticks: each tries for the leader lock
+      assert.equal(await leaderPid(sql), first.pid, "the second one stands by");
+
+      // Ordinary case: the server is up.
+      const second = await spawnService({ databaseUrl: url });
+      procs.push(second);
+      await new Promise((r) => setTimeout(r, 600));
+      let t0 = Date.now();
+      second.kill("SIGTERM");
+      assert.equal((await second.status).code, 0, second.log());
+      assert.ok(Date.now() - t0 < 2000, `a standby took ${Date.now() - t0} ms to stop`);
+
+      // The leader stops, and its embedded server with it: the standby's connections fail from then on.
+      await sql.end();
+      sql = null;
+      first.kill("SIGTERM");
+      assert.equal((await first.status).code, 0, first.log());
+      await new Promise((r) => setTimeout(r, 1000)); // the standby's ticks now fail to connect
+      t0 = Date.now();
+      standby.kill("SIGTERM");
+      const status = await standby.status;
+      const ms = Date.now() - t0;
+      assert.equal(status.code, 0, standby.log());
+      assert.ok(ms < 2000, `the standby took ${ms} ms to stop`);
+      assert.equal(logLines(standby, "stopped").length, 1, standby.log());
+    } finally {
+      await sql?.end();
+      await stopAll(procs);
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "a taken HTTP port fails the start at once with PortInUse, before the embedded server is set up",
+  ...dbTest,
+  fn: async () => {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as Deno.NetAddr).port;
+    const dataDir = await Deno.makeTempDir({ prefix: "trickle-port-" });
+    await Deno.chmod(dataDir, 0o755); // as root, the embedded server's OS user must reach it
+    try {
+      const t0 = Date.now();
+      const proc = await launchService({ port, env: { TRICKLE_DATA_DIR: dataDir } });
+      const status = await proc.status;
+      const ms = Date.now() - t0;
+      assert.equal(status.code, 1, proc.log());
+      const [line] = logLines(proc, "could not listen");
+      const error = line?.error as { code?: string; message?: string } | undefined;
+      assert.equal(error?.code, "PortInUse", proc.log());
+      assert.match(error?.message ?? "", new RegExp(`Port ${port} on 127\\.0\\.0\\.1`));
+      assert.ok(ms < 1500, `the start took ${ms} ms to fail`);
+      const created = [...Deno.readDirSync(dataDir)].map((e) => e.name);
+      assert.deepEqual(created, [], "nothing was set up in the data directory");
+    } finally {
+      listener.close();
+      await Deno.remove(dataDir, { recursive: true });
     }
   },
 });

@@ -10,17 +10,23 @@ export interface ServiceProcess {
   status: Promise<Deno.CommandStatus>;
 }
 
+export interface ServiceOptions {
+  /** The server to use; omitted: the embedded PostgreSQL (set TRICKLE_DATA_DIR in `env`). */
+  databaseUrl?: string;
+  /** The HTTP port; omitted: a free one. */
+  port?: number;
+  env?: Record<string, string>;
+}
+
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
-/** Starts main.ts against `databaseUrl` and waits until /ready answers 200. */
-export async function spawnService(
-  options: { databaseUrl: string; env?: Record<string, string> },
-): Promise<ServiceProcess> {
-  const port = await freePort();
+/** Starts main.ts without waiting for it; see `spawnService` for a started service. */
+export async function launchService(options: ServiceOptions = {}): Promise<ServiceProcess> {
+  const port = options.port ?? await freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN],
     env: {
-      DATABASE_URL: options.databaseUrl,
+      ...(options.databaseUrl === undefined ? {} : { DATABASE_URL: options.databaseUrl }),
       TRICKLE_PORT: String(port),
       TRICKLE_SCHEDULER_INTERVAL_MS: "200",
       TRICKLE_LOG_LEVEL: "info",
@@ -31,16 +37,22 @@ export async function spawnService(
   }).spawn();
   let text = "";
   const decoder = new TextDecoder();
-  (async () => {
+  const drained = (async () => {
     for await (const chunk of child.stderr) text += decoder.decode(chunk, { stream: true });
   })();
-  const proc: ServiceProcess = {
+  return {
     pid: child.pid,
     url: `http://127.0.0.1:${port}`,
     log: () => text,
     kill: (signal) => child.kill(signal),
-    status: child.status,
+    // Resolves once the log is read to its end too, so a test that awaited the exit sees every line.
+    status: child.status.then(async (s) => (await drained, s)),
   };
+}
+
+/** Starts main.ts (against `databaseUrl`, or the embedded server) and waits until /ready answers 200. */
+export async function spawnService(options: ServiceOptions = {}): Promise<ServiceProcess> {
+  const proc = await launchService(options);
   const deadline = Date.now() + 30_000;
   let exited = false;
   proc.status.then(() => (exited = true));
@@ -54,8 +66,8 @@ export async function spawnService(
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  if (!exited) child.kill("SIGKILL");
-  throw new Error(`the service did not become ready:\n${text}`);
+  if (!exited) proc.kill("SIGKILL");
+  throw new Error(`the service did not become ready:\n${proc.log()}`);
 }
 
 /** Polls `check` every 100 ms until it returns true or `ms` pass; returns whether it did. */
@@ -66,4 +78,10 @@ export async function eventually(check: () => Promise<boolean>, ms: number): Pro
     await new Promise((r) => setTimeout(r, 100));
   }
   return await check();
+}
+
+/** The JSON log lines of a service whose `msg` is `msg`. */
+export function logLines(proc: ServiceProcess, msg: string): Record<string, unknown>[] {
+  return proc.log().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((l) => l.msg === msg);
 }
