@@ -59,7 +59,14 @@ export async function startEmbedded(options: EmbeddedOptions): Promise<EmbeddedS
   const urlFile = path.join(dataDir, "database_url");
   await Deno.writeTextFile(urlFile, url + "\n", { mode: 0o600 });
   options.log.info("embedded PostgreSQL started", { port, dataDir: pgdata, connection_url_file: urlFile });
-  return { url, port, stop };
+  return {
+    url,
+    port,
+    stop: async () => {
+      await stop();
+      await Deno.remove(path.join(dataDir, OWNER_FILE)).catch(() => {}); // a stale pid must not be signalled later
+    },
+  };
 }
 
 /** The file keeping the server's port across restarts. */
