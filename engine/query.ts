@@ -6,6 +6,7 @@
 import { parse } from "libpg-query";
 import type { Sql, Tx } from "../db/pool.ts";
 import { isPgError } from "../db/errors.ts";
+import { withUserSql } from "../db/session.ts";
 import { invalidQuery } from "./errors.ts";
 import type { Column, QueryDescription, SourceRef } from "./refresh/plan.ts";
 
@@ -45,7 +46,7 @@ export async function parseSelect(query: string): Promise<Record<string, unknown
 
 /** Asks PostgreSQL for the query's output columns and source tables; throws InvalidQuery with the server's words. */
 export async function describeQuery(sql: Sql | Tx, query: string): Promise<QueryDescription> {
-  await parseSelect(query);
+  const tree = await parseSelect(query);
   let description: QueryDescription | undefined;
   const run = async (tx: Tx) => {
     try {
@@ -62,9 +63,11 @@ export async function describeQuery(sql: Sql | Tx, query: string): Promise<Query
       }
       throw e;
     }
+    // Catalogs are named with their schema: a temporary table would shadow an unqualified pg_class.
     const columns = await tx<Column[]>`
-      SELECT attname AS name, format_type(atttypid, atttypmod) AS type
-      FROM pg_attribute WHERE attrelid = 'pg_temp.pgt_probe'::regclass AND attnum > 0 ORDER BY attnum`;
+      SELECT attname AS name, pg_catalog.format_type(atttypid, atttypmod) AS type
+      FROM pg_catalog.pg_attribute WHERE attrelid = 'pg_temp.pgt_probe'::pg_catalog.regclass AND attnum > 0
+      ORDER BY attnum`;
     for (const c of columns) {
       if (c.name === "?column?") {
         throw invalidQuery("Every output column of the defining query needs a name: add an alias (expr AS name)");
@@ -73,13 +76,15 @@ export async function describeQuery(sql: Sql | Tx, query: string): Promise<Query
         throw invalidQuery(`Output column "${c.name}": names starting with "__pgt_" are reserved for trickle`);
       }
     }
+    await refuseSystemCatalogs(tx, tree);
     const rels = await tx<{ relid: number; schema: string; name: string; relkind: string }[]>`
       SELECT DISTINCT c.oid::int8 AS relid, n.nspname AS schema, c.relname AS name, c.relkind::text AS relkind
-      FROM pg_depend d
-      JOIN pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_rewrite'::regclass
-      JOIN pg_class c ON c.oid = d.refobjid AND d.refclassid = 'pg_class'::regclass
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE r.ev_class = 'pg_temp.pgt_probe'::regclass AND c.oid <> 'pg_temp.pgt_probe'::regclass
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+      JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE r.ev_class = 'pg_temp.pgt_probe'::pg_catalog.regclass
+        AND c.oid <> 'pg_temp.pgt_probe'::pg_catalog.regclass
       ORDER BY 2, 3`;
     const sources: SourceRef[] = [];
     for (const rel of rels) {
@@ -101,12 +106,51 @@ export async function describeQuery(sql: Sql | Tx, query: string): Promise<Query
     description = { columns: [...columns], sources };
     throw new Rollback();
   };
+  // Defining the view runs none of the query, but planning may evaluate its functions: isolated (db/session.ts).
+  const isolated = (tx: Tx) => withUserSql(tx, run);
   try {
-    await (typeof (sql as Tx).savepoint === "function" ? (sql as Tx).savepoint(run) : (sql as Sql).begin(run));
+    await (typeof (sql as Tx).savepoint === "function" ? isolated(sql as Tx) : (sql as Sql).begin(isolated));
   } catch (e) {
     if (!(e instanceof Rollback)) throw e;
   }
   return description!;
+}
+
+/**
+ * Refuses a query that reads a system catalog (pg_class, information_schema...): catalog changes are not captured.
+ * pg_depend does not record dependencies on pinned catalog objects, so the names in the parse tree are resolved
+ * instead (PostgreSQL's rules: an unqualified name is a WITH query's when one of that name is in the query).
+ */
+async function refuseSystemCatalogs(tx: Tx, tree: Record<string, unknown>): Promise<void> {
+  const refs: { schema: string; name: string }[] = [];
+  const ctes = new Set<string>();
+  const visit = (node: unknown): void => {
+    if (Array.isArray(node)) return node.forEach(visit);
+    if (node === null || typeof node !== "object") return;
+    for (const [k, v] of Object.entries(node as Record<string, unknown>)) {
+      const n = v as Record<string, unknown>;
+      if (k === "RangeVar") refs.push({ schema: String(n["schemaname"] ?? ""), name: String(n["relname"]) });
+      if (k === "CommonTableExpr") ctes.add(String(n["ctename"]));
+      visit(v);
+    }
+  };
+  visit(tree);
+  const names = refs.filter((r) => r.schema !== "" || !ctes.has(r.name));
+  if (names.length === 0) return;
+  const [hit] = await tx<{ name: string }[]>`
+    SELECT n.nspname || '.' || c.relname AS name
+    FROM unnest(${names.map((r) => r.schema)}::text[], ${names.map((r) => r.name)}::text[]) AS q(schema, name)
+    JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(CASE WHEN q.schema = '' THEN
+      pg_catalog.quote_ident(q.name) ELSE pg_catalog.quote_ident(q.schema) || '.' || pg_catalog.quote_ident(q.name) END)
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname IN ('pg_catalog', 'information_schema', 'pg_toast')
+    LIMIT 1`;
+  if (hit !== undefined) {
+    throw invalidQuery(
+      `The defining query reads the system catalog "${hit.name}"; system catalogs cannot be sources ` +
+        `(their changes are not captured)`,
+    );
+  }
 }
 
 /** Columns, primary key and (when it is one) stream table id of a source table. */
@@ -115,12 +159,12 @@ export async function describeSource(
   rel: { relid: number; schema: string; name: string },
 ): Promise<SourceRef> {
   const columns = await sql<Column[]>`
-    SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+    SELECT attname AS name, pg_catalog.format_type(atttypid, atttypmod) AS type FROM pg_catalog.pg_attribute
     WHERE attrelid = ${rel.relid} AND attnum > 0 AND NOT attisdropped ORDER BY attnum`;
   const pk = await sql<{ name: string }[]>`
-    SELECT a.attname AS name FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    SELECT a.attname AS name FROM pg_catalog.pg_index i
+    CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = ${rel.relid} AND i.indisprimary ORDER BY k.ord`;
   const [st] = await sql<{ pgt_id: number; unique_key: string[] | null }[]>`
     SELECT pgt_id, (SELECT array_agg(k) FROM jsonb_array_elements_text(plan->'uniqueKey') k) AS unique_key

@@ -21,11 +21,12 @@
 import { loadModule, parseSync, scanSync } from "libpg-query";
 import type { Sql, Tx } from "../../db/pool.ts";
 import { quoteIdent, quoteQualified } from "../../db/identifiers.ts";
+import { withUserSql } from "../../db/session.ts";
 import { deltaFilter } from "../cdc.ts";
 import type { Column, QueryDescription, QueryPlan } from "./plan.ts";
 import { fullOnlyPlan } from "./full.ts";
-
-type Node = Record<string, unknown>;
+import { type FunctionFacts, functionFacts } from "./functions.ts";
+import { child, funcName, list, names, type Node, shape, walk } from "./parse_tree.ts";
 
 /** A piece of FROM text: literal SQL, or the index of a table reference to fill in. */
 type Segment = string | number;
@@ -139,8 +140,13 @@ class QueryText {
   readonly tokens: Token[];
   constructor(readonly query: string) {
     this.bytes = new TextEncoder().encode(query);
-    const scanned = scanSync(query) as { tokens: { start: number; end: number; text: string; keywordName: string }[] };
-    this.tokens = scanned.tokens.map((t) => ({
+    const scanned = scanSync(query) as {
+      tokens: { start: number; end: number; text: string; keywordName: string; tokenName: string }[];
+    };
+    // Comments are not tokens here: a clause cut at its last token never ends in a `-- comment` that would swallow
+    // the SQL generated after it.
+    const tokens = scanned.tokens.filter((t) => t.tokenName !== "SQL_COMMENT" && t.tokenName !== "C_COMMENT");
+    this.tokens = tokens.map((t) => ({
       start: t.start,
       end: t.end,
       text: t.text,
@@ -217,44 +223,31 @@ class QueryText {
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Parse-tree helpers
-
-function child(node: unknown, key: string): Node | undefined {
-  return (node as Node | undefined)?.[key] as Node | undefined;
-}
-
-function list(node: unknown, key: string): Node[] {
-  return ((node as Node | undefined)?.[key] as Node[] | undefined) ?? [];
-}
-
-/** Visits every node object in a tree (pre-order), with the key it hangs under. */
-function walk(node: unknown, visit: (kind: string, value: Node) => boolean | void): void {
-  if (Array.isArray(node)) {
-    for (const n of node) walk(n, visit);
-    return;
+/**
+ * `TABLE name` spelled out as `SELECT * FROM name`, its definition in PostgreSQL; the parser gives the former's
+ * select list no position in the text. Such a TABLE starts the query, a parenthesis or a set operation's operand;
+ * elsewhere in a SELECT the word can only be a column label (`AS table`).
+ */
+function expandTableCommands(query: string): string {
+  const text = new QueryText(query);
+  const starts = new Set(["(", "union", "intersect", "except", "all", "distinct"]);
+  let out = "";
+  let pos = 0;
+  for (const [i, t] of text.tokens.entries()) {
+    if (!t.keyword || t.text.toLowerCase() !== "table") continue;
+    const before = text.tokens[i - 1]?.text.toLowerCase();
+    if (before !== undefined && !starts.has(before)) continue;
+    out += text.slice(pos, t.start) + "SELECT * FROM";
+    pos = t.end;
   }
-  if (node === null || typeof node !== "object") return;
-  for (const [k, v] of Object.entries(node as Node)) {
-    if (v !== null && typeof v === "object" && !Array.isArray(v) && /^[A-Z]/.test(k)) {
-      if (visit(k, v as Node) === false) continue;
-    }
-    walk(v, visit);
+  if (pos === 0) return query;
+  const expanded = out + text.slice(pos, text.bytes.length);
+  try {
+    parseSync(expanded);
+    return expanded;
+  } catch {
+    return query; // not a shape foreseen above: planned as written, and refused with the planner's reason
   }
-}
-
-/** A tree as JSON without locations, to compare expressions structurally. */
-function shape(node: unknown): string {
-  return JSON.stringify(node, (k, v) => (k === "location" ? undefined : v));
-}
-
-function names(nodes: Node[]): string[] {
-  return nodes.map((n) => String(child(n, "String")?.["sval"] ?? ""));
-}
-
-function funcName(call: Node): { schema: string | null; name: string } {
-  const parts = names(list(call, "funcname"));
-  return parts.length > 1 ? { schema: parts[0]!, name: parts.at(-1)! } : { schema: null, name: parts[0] ?? "" };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -264,12 +257,6 @@ interface PlanInput {
   query: string;
   description: QueryDescription;
   requested: string;
-}
-
-interface FunctionFacts {
-  aggregates: Set<string>;
-  volatile: Set<string>;
-  setReturning: Set<string>;
 }
 
 /** Decides whether `query` is maintained differentially and returns its storage and refresh plan. */
@@ -286,7 +273,8 @@ export async function planQuery(sql: Sql | Tx, input: PlanInput): Promise<QueryP
   }
 }
 
-async function buildPlan(sql: Sql | Tx, query: string, description: QueryDescription): Promise<QueryPlan> {
+async function buildPlan(sql: Sql | Tx, original: string, description: QueryDescription): Promise<QueryPlan> {
+  const query = expandTableCommands(original);
   const text = new QueryText(query);
   const tree = parseSync(query) as { stmts: { stmt: Node }[] };
   const stmt = child(tree.stmts[0]?.stmt, "SelectStmt");
@@ -300,6 +288,12 @@ async function buildPlan(sql: Sql | Tx, query: string, description: QueryDescrip
   if (facts.volatile.size > 0) unsupported(`volatile function ${[...facts.volatile].sort().join(", ")}`);
   if (facts.setReturning.size > 0) {
     unsupported(`set-returning function ${[...facts.setReturning].sort().join(", ")} in the select list`);
+  }
+  if (facts.unstable.size > 0) {
+    unsupported(
+      `function depending on the time, transaction or session: ${[...facts.unstable].sort().join(", ")} ` +
+        `(rows kept from earlier refreshes would go stale)`,
+    );
   }
 
   const sources: SourceData[] = [];
@@ -354,56 +348,6 @@ function unionLeaves(stmt: Node): Node[] {
     if (side["withClause"] !== undefined) unsupported("WITH (common table expression)");
   }
   return [...unionLeaves(larg), ...unionLeaves(rarg)];
-}
-
-/** Looks up every function and operator the query names: aggregates, and the volatile or set-returning ones. */
-async function functionFacts(sql: Sql | Tx, stmt: Node): Promise<FunctionFacts> {
-  const calls = new Map<string, { schema: string | null; name: string }>();
-  const operators = new Set<string>();
-  walk(stmt, (kind, node) => {
-    if (kind === "FuncCall") {
-      const f = funcName(node);
-      calls.set(`${f.schema ?? ""}.${f.name}`, f);
-    } else if (kind === "A_Expr") {
-      const parts = names(list(node, "name"));
-      if (parts.length > 0) operators.add(parts.at(-1)!);
-    }
-  });
-  const facts: FunctionFacts = { aggregates: new Set(), volatile: new Set(), setReturning: new Set() };
-  const callList = [...calls.values()];
-  if (callList.length > 0) {
-    // A name is judged by every overload it could resolve to (conservative for volatility): the catalog, not a list.
-    const rows = await sql<{ key: string; kind: string; volatile: string; retset: boolean }[]>`
-      SELECT k.key, p.prokind::text AS kind, p.provolatile::text AS volatile, p.proretset AS retset
-      FROM unnest(${callList.map((c) => c.schema ?? "")}::text[], ${callList.map((c) => c.name)}::text[])
-        AS c(schema, name)
-      CROSS JOIN LATERAL (SELECT c.schema || '.' || c.name) k(key)
-      JOIN pg_proc p ON p.proname = c.name
-      JOIN pg_namespace n ON n.oid = p.pronamespace
-      WHERE (c.schema = '' AND pg_function_is_visible(p.oid)) OR n.nspname = c.schema`;
-    for (const r of rows) {
-      const display = `${calls.get(r.key)!.name}()`;
-      if (r.kind === "a") facts.aggregates.add(r.key);
-      if (r.volatile === "v") facts.volatile.add(display);
-    }
-    // Set-returning functions only matter in the select list; FROM functions are refused separately.
-    const retset = new Set(rows.filter((r) => r.retset).map((r) => r.key));
-    for (const t of list(stmt, "targetList")) {
-      walk(t, (kind, node) => {
-        if (kind !== "FuncCall") return;
-        const f = funcName(node);
-        const key = `${f.schema ?? ""}.${f.name}`;
-        if (retset.has(key)) facts.setReturning.add(`${f.name}()`);
-      });
-    }
-  }
-  if (operators.size > 0) {
-    const rows = await sql<{ name: string }[]>`
-      SELECT DISTINCT o.oprname AS name FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode
-      WHERE o.oprname = ANY(${[...operators]}) AND p.provolatile = 'v' AND pg_operator_is_visible(o.oid)`;
-    for (const r of rows) facts.volatile.add(`behind operator ${r.name}`);
-  }
-  return facts;
 }
 
 interface BlockInput {
@@ -626,7 +570,7 @@ async function resolveRef(
   const relname = String(rv["relname"]);
   if (rv["catalogname"] !== undefined) unsupported("a database-qualified table name");
   const qualified = schema === undefined ? quoteIdent(relname) : `${quoteIdent(schema)}.${quoteIdent(relname)}`;
-  const [row] = await sql<{ relid: number | null }[]>`SELECT to_regclass(${qualified})::oid::int8 AS relid`;
+  const [row] = await sql<{ relid: number | null }[]>`SELECT pg_catalog.to_regclass(${qualified})::oid::int8 AS relid`;
   const source = input.description.sources.find((s) => row?.relid !== null && Number(s.relid) === Number(row?.relid));
   if (source === undefined) unsupported(`"${relname}" is not a source table (a view or a WITH query)`);
   if (source.primaryKey.length === 0) {
@@ -740,17 +684,17 @@ function argText(text: QueryText, call: Node): string {
 async function textComparedColumns(sql: Sql | Tx, types: string[]): Promise<boolean[]> {
   const rows = await sql<{ type: string; ok: boolean }[]>`
     SELECT t.type, EXISTS (
-      SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
+      SELECT 1 FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
       WHERE am.amname IN ('btree', 'hash') AND oc.opcdefault
         AND (oc.opcintype = ty.oid OR oc.opcintype = ty.typbasetype
-          OR (oc.opcintype = 'anyarray'::regtype AND ty.typelem <> 0 AND ty.typlen = -1)
-          OR (oc.opcintype = 'anyenum'::regtype AND ty.typtype = 'e')
-          OR (oc.opcintype = 'anyrange'::regtype AND ty.typtype = 'r')
-          OR (oc.opcintype = 'record'::regtype AND ty.typtype = 'c')
-          OR EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource = ty.oid AND c.casttarget = oc.opcintype
+          OR (oc.opcintype = 'anyarray'::pg_catalog.regtype AND ty.typelem <> 0 AND ty.typlen = -1)
+          OR (oc.opcintype = 'anyenum'::pg_catalog.regtype AND ty.typtype = 'e')
+          OR (oc.opcintype = 'anyrange'::pg_catalog.regtype AND ty.typtype = 'r')
+          OR (oc.opcintype = 'record'::pg_catalog.regtype AND ty.typtype = 'c')
+          OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast c WHERE c.castsource = ty.oid AND c.casttarget = oc.opcintype
                      AND c.castmethod = 'b'))
     ) AS ok
-    FROM unnest(${types}::text[]) AS t(type) JOIN pg_type ty ON ty.oid = to_regtype(t.type)`;
+    FROM unnest(${types}::text[]) AS t(type) JOIN pg_catalog.pg_type ty ON ty.oid = pg_catalog.to_regtype(t.type)`;
   const ok = new Map(rows.map((r) => [r.type, r.ok]));
   return types.map((t) => ok.get(t) !== true);
 }
@@ -759,16 +703,18 @@ async function textComparedColumns(sql: Sql | Tx, types: string[]): Promise<bool
 // SQL assembly
 
 function rowIdOf(block: BlockData, inner: string): string {
-  return block.branch === 0 ? inner : `hash_record_extended(ROW(${block.branch}, ${inner}), 0)`;
+  return block.branch === 0 ? inner : `pg_catalog.hash_record_extended(ROW(${block.branch}, ${inner}), 0)`;
 }
 
 function groupRowId(block: BlockData, keys: string[]): string {
-  const inner = keys.length === 0 ? "0::int8" : `hash_record_extended(ROW(${keys.map((k) => `(${k})`).join(", ")}), 0)`;
+  const inner = keys.length === 0
+    ? "0::int8"
+    : `pg_catalog.hash_record_extended(ROW(${keys.map((k) => `(${k})`).join(", ")}), 0)`;
   return rowIdOf(block, inner);
 }
 
 function keyRowId(block: BlockData): string {
-  return rowIdOf(block, `hash_record_extended(ROW(${block.refs.flatMap((r) => r.key).join(", ")}), 0)`);
+  return rowIdOf(block, `pg_catalog.hash_record_extended(ROW(${block.refs.flatMap((r) => r.key).join(", ")}), 0)`);
 }
 
 function renderFrom(block: BlockData, fill: (ref: number) => string): string {
@@ -799,13 +745,13 @@ function fullSelectOf(block: BlockData, plan: DiffPlan): string {
       const alg = block.algebraic!;
       const hidden: string[] = [];
       for (const a of alg.aggs) {
-        if (a.sum !== null) hidden.push(`coalesce(sum(${a.arg}), 0)`);
-        if (a.nn !== null) hidden.push(`count(${a.arg})`);
+        if (a.sum !== null) hidden.push(`coalesce(pg_catalog.sum(${a.arg}), 0)`);
+        if (a.nn !== null) hidden.push(`pg_catalog.count(${a.arg})`);
       }
       const group = block.distinct
         ? ` GROUP BY ${block.targets.map((_, i) => i + 1).join(", ")}`
         : (block.groupBy !== null ? ` GROUP BY ${block.groupBy}` : "");
-      return `SELECT ${targets}, ${groupRowId(block, block.groupKeys)}, count(*)` +
+      return `SELECT ${targets}, ${groupRowId(block, block.groupKeys)}, pg_catalog.count(*)` +
         `${hidden.map((h) => `, ${h}`).join("")} ${base}${group}`;
     }
   }
@@ -870,8 +816,10 @@ async function probe(sql: Sql | Tx, plan: QueryPlan): Promise<void> {
     }
     throw new Rollback();
   };
+  // EXPLAIN runs none of the query, but planning may evaluate its functions: isolated (db/session.ts).
+  const isolated = (tx: Tx) => withUserSql(tx, run);
   try {
-    await (typeof (sql as Tx).savepoint === "function" ? (sql as Tx).savepoint(run) : (sql as Sql).begin(run));
+    await (typeof (sql as Tx).savepoint === "function" ? isolated(sql as Tx) : (sql as Sql).begin(isolated));
   } catch (e) {
     if (e instanceof Rollback) return;
     const message = e instanceof Error ? e.message : String(e);
@@ -904,14 +852,14 @@ function rowsChanges(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
   plan.columns.forEach((_, i) => {
     if (plan.textCompared[i]) {
       group.push(`"c${i}"::text`);
-      out.push(`(array_agg("c${i}"))[1] AS "c${i}"`);
+      out.push(`(pg_catalog.array_agg("c${i}"))[1] AS "c${i}"`);
     } else {
       group.push(`"c${i}"`);
       out.push(`"c${i}"`);
     }
   });
-  return `SELECT ${out.join(", ")}, sum(w) AS w FROM (${terms.join("\nUNION ALL\n")}) d ` +
-    `GROUP BY ${group.join(", ")} HAVING sum(w) <> 0`;
+  return `SELECT ${out.join(", ")}, pg_catalog.sum(w) AS w FROM (${terms.join("\nUNION ALL\n")}) d ` +
+    `GROUP BY ${group.join(", ")} HAVING pg_catalog.sum(w) <> 0`;
 }
 
 /** Row ids of the groups a recompute block's delta touches. */
@@ -945,12 +893,12 @@ function algebraicChanges(block: BlockData, plan: DiffPlan, deltas: Deltas): str
   const keys = block.groupKeys.map((_, i) => `"g${i}"`);
   const sums = alg.aggs.flatMap((a, i) =>
     a.kind === "count_star" ? [] : [
-      `coalesce(sum(w * ("a${i}" IS NOT NULL)::int), 0) AS "nn${i}"`,
-      ...(a.kind === "count" ? [] : [`coalesce(sum(w * "a${i}"), 0) AS "s${i}"`]),
+      `coalesce(pg_catalog.sum(w * ("a${i}" IS NOT NULL)::int), 0) AS "nn${i}"`,
+      ...(a.kind === "count" ? [] : [`coalesce(pg_catalog.sum(w * "a${i}"), 0) AS "s${i}"`]),
     ]
   );
-  const rid = keys.length === 0 ? "0::int8" : `hash_record_extended(ROW(${keys.join(", ")}), 0)`;
-  return `SELECT ${rid} AS rid, ${[...keys, "coalesce(sum(w), 0) AS dc", ...sums].join(", ")} ` +
+  const rid = keys.length === 0 ? "0::int8" : `pg_catalog.hash_record_extended(ROW(${keys.join(", ")}), 0)`;
+  return `SELECT ${rid} AS rid, ${[...keys, "coalesce(pg_catalog.sum(w), 0) AS dc", ...sums].join(", ")} ` +
     `FROM (${terms.join("\nUNION ALL\n")}) d${keys.length > 0 ? ` GROUP BY ${keys.join(", ")}` : ""}`;
 }
 
@@ -977,7 +925,6 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   const plan = options.plan.differential as DiffPlan | null;
   if (plan === null || plan.version !== 1) throw new Error("This stream table has no differential plan");
   const target = quoteQualified(options.target);
-  const result: ApplyResult = { inserted: 0, deleted: 0 };
   // Everything below is generated from the plan: quoted catalog names and the defining query's own clauses (SQL by
   // design, checked at creation); the frontier is always a bind parameter.
   const changed = options.changes !== undefined
@@ -988,12 +935,23 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
     : (await tx.unsafe<{ i: number; rows: number }[]>(
       plan.sources.map((s, i) =>
         // Counted only as far as the raw-delta limit: past it, the exact size does not matter.
-        `SELECT ${i} AS i, (SELECT count(*) FROM (SELECT FROM ${s.buffer} WHERE ${deltaFilter("$1")}
+        `SELECT ${i} AS i, (SELECT pg_catalog.count(*) FROM (SELECT FROM ${s.buffer} WHERE ${deltaFilter("$1")}
           LIMIT ${RAW_DELTA_LIMIT + 1}) d)::int8 AS rows`
       ).join(" UNION ALL "),
       [options.frontier],
     )).filter((c) => Number(c.rows) > 0);
-  if (changed.length === 0) return result;
+  if (changed.length === 0) return { inserted: 0, deleted: 0 };
+  // The delta SQL evaluates the query's expressions: isolated, so nothing they do to the session outlives them.
+  return await withUserSql(tx, (sp) => applyChanges(sp, { plan, target, frontier: options.frontier, changed }));
+}
+
+/** Computes and applies the delta of the sources in `changed` (index into plan.sources, buffer rows). */
+async function applyChanges(
+  tx: Tx,
+  input: { plan: DiffPlan; target: string; frontier: string; changed: { i: number; rows: number }[] },
+): Promise<ApplyResult> {
+  const { plan, target, changed } = input;
+  const result: ApplyResult = { inserted: 0, deleted: 0 };
   const deltas: Deltas = { tables: new Map() };
   const only = changed.length === 1 ? changed[0]! : null;
   // Sums are linear: when a single source changed, is read once per block, and every block affected is algebraic,
@@ -1008,7 +966,7 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
     const s = plan.sources[Number(only!.i)]!;
     deltas.tables.set(Number(only!.i), `(${rawChanges(s)}) AS ${quoteIdent(`pgt_raw_${s.relid}`)}`);
   }
-  const params = inline ? [options.frontier] : [];
+  const params = inline ? [input.frontier] : [];
   for (const { i } of inline ? [] : changed) {
     const s = plan.sources[Number(i)]!;
     const name = quoteIdent(`pgt_delta_${s.relid}`);
@@ -1030,7 +988,7 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
        UNION ALL
        SELECT ${s.columns.join(", ")}, 1 FROM (
          SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id DESC, action DESC) l WHERE action = 'I'`,
-      [options.frontier],
+      [input.frontier],
     );
     if (consolidated.count === 0) continue;
     // Statistics on the delta let the planner pick index lookups for small deltas (a hash join over a whole
@@ -1069,8 +1027,8 @@ function rawDeltaApplies(plan: DiffPlan, i: number): boolean {
 }
 
 /** Counts of one apply statement's data-modifying parts; xmax = 0 tells a fresh insert from an ON CONFLICT update. */
-const COUNTS = `SELECT (SELECT count(*) FROM del) AS deleted,
-  (SELECT count(*) FROM up WHERE fresh) AS inserted, (SELECT count(*) FROM up WHERE NOT fresh) AS updated`;
+const COUNTS = `SELECT (SELECT pg_catalog.count(*) FROM del) AS deleted,
+  (SELECT pg_catalog.count(*) FROM up WHERE fresh) AS inserted, (SELECT pg_catalog.count(*) FROM up WHERE NOT fresh) AS updated`;
 
 /** One statement: consolidate the row changes, delete the rows that went, upsert the rows that came or changed. */
 function applyRows(plan: DiffPlan, block: BlockData, target: string, deltas: Deltas): string {

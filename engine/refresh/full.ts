@@ -1,6 +1,7 @@
 /** FULL refresh: recompute the defining query and replace the stream table's content, in the caller's transaction. */
 import type { Tx } from "../../db/pool.ts";
 import { type QualifiedName, quoteIdent, quoteQualified } from "../../db/identifiers.ts";
+import { withUserSql } from "../../db/session.ts";
 import type { QueryDescription, QueryPlan } from "./plan.ts";
 
 /** A plan that can only be refreshed FULL: the storage holds exactly the query's columns. */
@@ -24,9 +25,11 @@ export async function applyFull(
   const columns = [...options.plan.columns, ...options.plan.hiddenColumns].map((c) => quoteIdent(c.name)).join(", ");
   // DELETE, not TRUNCATE: readers keep seeing the previous content until this transaction commits (MVCC-safe).
   const deleted = await tx.unsafe(`DELETE FROM ${table}`);
-  // fullSelect is the defining query (or the engine's rewrite of it): SQL by design, checked at creation.
-  const inserted = await tx.unsafe(`INSERT INTO ${table} (${columns}) ${options.plan.fullSelect}`, [], {
-    simple: false,
-  } as never);
+  // fullSelect is the defining query (or the engine's rewrite of it): SQL by design, checked at creation. It runs
+  // isolated, so nothing it does to the session outlives it (db/session.ts).
+  const inserted = await withUserSql(
+    tx,
+    (sp) => sp.unsafe(`INSERT INTO ${table} (${columns}) ${options.plan.fullSelect}`, [], { simple: false } as never),
+  );
   return { inserted: inserted.count, deleted: deleted.count };
 }

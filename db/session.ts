@@ -1,0 +1,58 @@
+/**
+ * Running a defining query (SQL by design) on a pooled connection without letting it change that connection.
+ *
+ * A function in the query can change its session: `set_config(..., false)` and `set_config('role', ...)` outlive a
+ * transaction that commits (a refresh commits), LISTEN takes effect at commit, temporary tables stay, and session
+ * advisory locks and prepared statements outlive even a rollback. DISCARD ALL would undo all of it, but it cannot
+ * run inside a transaction block and it would also deallocate postgres.js's own prepared statements. So the user's
+ * SQL runs in a savepoint (its errors leave the transaction usable), and right after it, in the same transaction,
+ * one round trip puts the session back as a new connection has it:
+ *
+ * - `RESET ALL`, `RESET SESSION AUTHORIZATION`, `RESET ROLE`: transactional, so they commit with the refresh and,
+ *   coming before the engine's own statements, those run with the session's defaults (search_path included);
+ *   the settings a client gives at connection start are the defaults RESET returns to;
+ * - `UNLISTEN *` (transactional like LISTEN), `DISCARD TEMP`, `DISCARD SEQUENCES` (both allowed in a transaction);
+ * - `pg_advisory_unlock_all()`: session-level locks only (the pool's connections hold none of the engine's; the
+ *   scheduler's leader lock lives on a reserved connection that never runs user SQL);
+ * - statements the query PREPAREd (`from_sql`) are deallocated by name; postgres.js's protocol-level ones stay.
+ *
+ * Cost: one savepoint and one round trip per refresh that runs the query (about 0.3 ms locally); a refresh with
+ * nothing to do runs no user SQL and pays nothing.
+ */
+import type { Tx } from "./pool.ts";
+
+// Every name is schema-qualified: the query may have left search_path pointing anywhere when this runs.
+const RESTORE = `RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;
+  SELECT pg_catalog.pg_advisory_unlock_all(),
+    ARRAY(SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql) AS prepared`;
+
+/** Puts the session of `tx` back as a new connection has it (see above); resets SET LOCAL values too. */
+export async function restoreSession(tx: Tx): Promise<void> {
+  // Constant text, several statements: the simple protocol (no parameters) runs them in one round trip.
+  const results = await tx.unsafe(RESTORE) as unknown as { prepared: string[] }[][];
+  const prepared = results.at(-1)?.[0]?.prepared ?? [];
+  for (const name of prepared) {
+    // The name comes from the server's own list, quoted as an identifier.
+    await tx.unsafe(`DEALLOCATE "${name.replaceAll('"', '""')}"`);
+  }
+}
+
+/**
+ * Runs `fn`, which runs the user's SQL, in a savepoint of `tx`, then restores the session whether `fn` succeeded or
+ * failed; `fn`'s error, if any, is rethrown. Later statements of the transaction (the engine's) run on a clean
+ * session.
+ */
+export async function withUserSql<T>(tx: Tx, fn: (sp: Tx) => Promise<T>): Promise<T> {
+  let result: { value: T };
+  try {
+    // Boxed: postgres.js awaits an array a savepoint returns as a list of queries, which would drop a result's count.
+    result = await tx.savepoint(async (sp) => ({ value: await fn(sp) })) as { value: T };
+  } catch (e) {
+    await restoreSession(tx).catch(() => {
+      // The transaction is unusable (connection lost): it rolls back, and the original error says why.
+    });
+    throw e;
+  }
+  await restoreSession(tx);
+  return result.value;
+}
