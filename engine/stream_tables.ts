@@ -21,7 +21,7 @@ import {
 } from "./errors.ts";
 import { describeQuery } from "./query.ts";
 import { planQuery } from "./refresh/differential.ts";
-import type { QueryPlan } from "./refresh/plan.ts";
+import type { QueryPlan } from "./plan.ts";
 import { fullOnlyPlan } from "./refresh/full.ts";
 import { refreshStreamTable } from "./refresh/refresh.ts";
 import { beginCreation } from "./recovery.ts";
