@@ -12,7 +12,7 @@ import { deltaStats } from "../engine/cdc.ts";
 import { describeQuery } from "../engine/query.ts";
 import { applyDifferential, planQuery } from "../engine/refresh/differential.ts";
 import { applyFull } from "../engine/refresh/full.ts";
-import type { QueryPlan } from "../engine/plan.ts";
+import type { QueryPlan } from "../engine/refresh/plan.ts";
 import { chooseAction } from "../engine/refresh/refresh.ts";
 import { installCapture } from "../engine/cdc.ts";
 import { createStorage } from "../engine/stream_tables.ts";

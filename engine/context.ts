@@ -1,6 +1,7 @@
 /** What engine operations on one managed database need. */
 import type { Sql } from "../db/pool.ts";
 import type { Clock } from "./clock.ts";
+import type { EngineEvents } from "./events.ts";
 import type { Logger } from "./log.ts";
 
 export interface EngineSettings {
@@ -18,4 +19,6 @@ export interface DatabaseContext {
   settings: EngineSettings;
   log: Logger;
   clock: Clock;
+  /** The engine's event emitter (shared by all its databases). */
+  events: EngineEvents;
 }

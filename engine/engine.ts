@@ -5,6 +5,7 @@ import { quoteIdent } from "../db/identifiers.ts";
 import type { Clock } from "./clock.ts";
 import type { DatabaseContext, EngineSettings } from "./context.ts";
 import { databaseNotFound } from "./errors.ts";
+import { EngineEvents } from "./events.ts";
 import type { Logger } from "./log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler.ts";
 
@@ -33,6 +34,7 @@ export class Engine {
   /** Connects to each managed database (creating it when missing and allowed), migrates it, builds the scheduler. */
   static async open(options: EngineOptions): Promise<Engine> {
     const contexts: DatabaseContext[] = [];
+    const events = new EngineEvents(options.log);
     try {
       for (const name of options.databases) {
         await ensureDatabase(options.url, name, options.log);
@@ -51,6 +53,7 @@ export class Engine {
             settings: options.settings,
             log: options.log.child({ database: name }),
             clock: options.clock,
+            events,
           });
         } catch (e) {
           await sql.end({ timeout: 1 });

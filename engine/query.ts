@@ -8,7 +8,7 @@ import type { Sql, Tx } from "../db/pool.ts";
 import { isPgError } from "../db/errors.ts";
 import { withUserSql } from "../db/session.ts";
 import { invalidQuery } from "./errors.ts";
-import type { Column, QueryDescription, SourceRef } from "./plan.ts";
+import type { Column, QueryDescription, SourceRef } from "./refresh/plan.ts";
 
 const PROBE_PREFIX = "CREATE TEMPORARY VIEW pgt_probe AS ";
 /** Rolls the probe transaction back once the description is read. */

@@ -19,7 +19,7 @@ import { sourceChanged, TrickleError } from "./errors.ts";
 import { describeQuery } from "./query.ts";
 import { planQuery } from "./refresh/differential.ts";
 import { fullOnlyPlan } from "./refresh/full.ts";
-import type { Column, QueryDescription, QueryPlan } from "./plan.ts";
+import type { Column, QueryDescription, QueryPlan } from "./refresh/plan.ts";
 
 export interface SourceCheck {
   /** The stream table, with a new plan when a source change required one. */

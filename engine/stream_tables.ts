@@ -21,7 +21,7 @@ import {
 } from "./errors.ts";
 import { describeQuery } from "./query.ts";
 import { planQuery } from "./refresh/differential.ts";
-import type { QueryPlan } from "./plan.ts";
+import type { QueryPlan } from "./refresh/plan.ts";
 import { fullOnlyPlan } from "./refresh/full.ts";
 import { refreshStreamTable } from "./refresh/refresh.ts";
 import { beginCreation } from "./recovery.ts";
@@ -121,6 +121,7 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
     throw e;
   }
   ctx.log.info("stream table created", { stream_table: label, pgt_id: pgtId, mode });
+  ctx.events.emit({ type: "stream_table_created", ...facts(ctx, pgtId, input.name), refresh_mode: mode });
   return (await findStreamTable(ctx.sql, input.name))!;
 }
 
@@ -156,7 +157,7 @@ export async function alterStreamTable(
   input: AlterInput,
 ): Promise<StreamTableRow> {
   if (input.schedule !== undefined) parseSchedule(input.schedule);
-  await ctx.sql.begin(async (tx) => {
+  const pgtId = await ctx.sql.begin(async (tx) => {
     const found = await findStreamTable(tx, name);
     if (found === undefined) throw streamTableNotFound(displayName(name), ctx.name);
     const st = (await lockStreamTable(tx, found.pgt_id))!;
@@ -182,8 +183,10 @@ export async function alterStreamTable(
         last_error = ${resumed ? null : st.last_error},
         updated_at = now()
       WHERE pgt_id = ${st.pgt_id}`;
+    return st.pgt_id;
   });
   ctx.log.info("stream table altered", { stream_table: displayName(name), changes: Object.keys(input) });
+  ctx.events.emit({ type: "stream_table_altered", ...facts(ctx, pgtId, name), changes: Object.keys(input) });
   return (await findStreamTable(ctx.sql, name))!;
 }
 
@@ -223,6 +226,12 @@ export async function dropStreamTable(ctx: DatabaseContext, name: QualifiedName)
   }
   await dropById(ctx, st.pgt_id);
   ctx.log.info("stream table dropped", { stream_table: displayName(name) });
+  ctx.events.emit({ type: "stream_table_dropped", ...facts(ctx, st.pgt_id, name) });
+}
+
+/** The facts naming a stream table in an event. */
+function facts(ctx: DatabaseContext, pgtId: number, name: QualifiedName) {
+  return { db_name: ctx.name, db_oid: ctx.oid, pgt_id: pgtId, stream_table: `${name.schema}.${name.name}` };
 }
 
 async function dropById(ctx: DatabaseContext, pgtId: number): Promise<void> {

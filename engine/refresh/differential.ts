@@ -23,7 +23,7 @@ import type { Sql, Tx } from "../../db/pool.ts";
 import { quoteIdent, quoteQualified } from "../../db/identifiers.ts";
 import { withUserSql } from "../../db/session.ts";
 import { deltaFilter } from "../cdc.ts";
-import type { Column, QueryDescription, QueryPlan } from "../plan.ts";
+import type { Column, QueryDescription, QueryPlan } from "./plan.ts";
 import { fullOnlyPlan } from "./full.ts";
 import { type FunctionFacts, functionFacts } from "./functions.ts";
 import { child, funcName, list, names, type Node, shape, walk } from "./parse_tree.ts";

@@ -11,6 +11,7 @@ import { deltaStats, pruneBuffer, tableName } from "../cdc.ts";
 import type { DatabaseContext } from "../context.ts";
 import { checkSources } from "../source_check.ts";
 import { TrickleError } from "../errors.ts";
+import type { RefreshFacts } from "../events.ts";
 import { applyFull } from "./full.ts";
 import { applyDifferential } from "./differential.ts";
 
@@ -95,6 +96,7 @@ export async function refreshStreamTable(
   const t0 = performance.now();
   let sources: number[] = [];
   let attempted: Action = "FULL";
+  let facts: RefreshFacts | null = null;
   try {
     const result = await withRetry(() =>
       ctx.sql.begin("isolation level repeatable read", async (tx) => {
@@ -140,6 +142,21 @@ export async function refreshStreamTable(
           VALUES (${pgtId}, ${startedAt}, ${new Date(startedAt.getTime() + durationMs)}, ${durationMs},
             ${decision.action}, 'SUCCESS', ${counts.inserted}, ${counts.deleted}, ${decision.deltaRows},
             ${options.initiatedBy}, ${decision.reason})`;
+        facts = {
+          db_name: ctx.name,
+          db_oid: ctx.oid,
+          pgt_id: pgtId,
+          stream_table: `${st.pgt_schema}.${st.pgt_name}`,
+          action: decision.action,
+          reason: decision.reason,
+          initiated_by: options.initiatedBy,
+          duration_ms: durationMs,
+          rows_inserted: counts.inserted,
+          rows_deleted: counts.deleted,
+          delta_rows: decision.deltaRows,
+        };
+        // Effects that must commit with this refresh (an alert outbox row) are written here, in its transaction.
+        await ctx.events.refreshCommitting(tx, facts);
         return {
           pgt_id: pgtId,
           action: decision.action,
@@ -152,6 +169,7 @@ export async function refreshStreamTable(
         } satisfies RefreshResult;
       })
     );
+    ctx.events.emit({ type: "refresh_committed", ...facts! });
     if (result.delta_rows > 0) await prune(ctx, sources);
     return result;
   } catch (e) {
@@ -279,8 +297,8 @@ async function recordFailure(
   // No retry can bring back a dropped or changed source: ERROR at once.
   const sourceGone = f.error instanceof TrickleError && f.error.code === "SourceChanged";
   try {
-    await ctx.sql.begin(async (tx) => {
-      const [row] = await tx<{ consecutive_errors: number; status: string }[]>`
+    const failed = await ctx.sql.begin(async (tx) => {
+      const [row] = await tx<{ consecutive_errors: number; status: string; name: string }[]>`
         UPDATE pgtrickle.pgt_stream_tables SET
           consecutive_errors = consecutive_errors + 1,
           last_error = ${message},
@@ -288,8 +306,8 @@ async function recordFailure(
             AND status <> 'SUSPENDED' THEN 'ERROR' ELSE status END,
           updated_at = now()
         WHERE pgt_id = ${pgtId}
-        RETURNING consecutive_errors, status`;
-      if (row === undefined) return;
+        RETURNING consecutive_errors, status, pgt_schema || '.' || pgt_name AS name`;
+      if (row === undefined) return null;
       await tx`
         INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, finished_at, duration_ms, action, status,
           initiated_by, error)
@@ -301,6 +319,21 @@ async function recordFailure(
         status: row.status,
         error: message,
       });
+      return row;
+    });
+    if (failed === null) return;
+    ctx.events.emit({
+      type: "refresh_failed",
+      db_name: ctx.name,
+      db_oid: ctx.oid,
+      pgt_id: pgtId,
+      stream_table: failed.name,
+      action: f.attempted,
+      initiated_by: f.options.initiatedBy,
+      duration_ms: f.durationMs,
+      error: message,
+      consecutive_errors: failed.consecutive_errors,
+      status: failed.status,
     });
   } catch (e) {
     ctx.log.error("could not record a refresh failure", { pgt_id: pgtId, error: e });

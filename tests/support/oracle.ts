@@ -9,7 +9,7 @@ import { deltaStats, installCapture } from "../../engine/cdc.ts";
 import { describeQuery } from "../../engine/query.ts";
 import { applyDifferential, planQuery } from "../../engine/refresh/differential.ts";
 import { applyFull } from "../../engine/refresh/full.ts";
-import type { QueryPlan } from "../../engine/plan.ts";
+import type { QueryPlan } from "../../engine/refresh/plan.ts";
 import { quoteIdent } from "../../db/identifiers.ts";
 import { findStreamTable } from "../../engine/catalog.ts";
 import { TrickleError } from "../../engine/errors.ts";
