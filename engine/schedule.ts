@@ -57,3 +57,25 @@ export function intervalSeconds(schedule: Schedule, now: Date): number {
   const [a, b] = schedule.cron.nextRuns(2, now);
   return a !== undefined && b !== undefined ? (b.getTime() - a.getTime()) / 1000 : 0;
 }
+
+/** Parsed schedules by text: a refresh computes its next due time without parsing its schedule each time. */
+const parsed = new Map<string, Schedule>();
+
+/**
+ * When a stream table with schedule `text`, refreshed at `refreshedAt`, is next due; `at` null with the reason when
+ * the schedule no longer parses (a catalog edited by hand, or written by a version that accepted more).
+ */
+export function nextDueAfter(text: string, refreshedAt: Date): { at: Date | null; error: string | null } {
+  let schedule = parsed.get(text);
+  if (schedule === undefined) {
+    try {
+      schedule = parseSchedule(text);
+    } catch (e) {
+      const why = e instanceof Error ? e.message : String(e);
+      return { at: null, error: `Not scheduled: the schedule no longer parses. ${why}` };
+    }
+    if (parsed.size >= 1000) parsed.clear(); // bounded: schedules are few, but each distinct text is kept
+    parsed.set(text, schedule);
+  }
+  return { at: nextDue(schedule, refreshedAt, refreshedAt), error: null };
+}

@@ -6,13 +6,12 @@
  * instance stands by and takes over within a tick of the leader's connection closing.
  */
 import type postgres from "postgres";
-import { listDependencies, listStreamTables } from "./catalog.ts";
+import type { Sql } from "../db/pool.ts";
 import type { Clock } from "./clock.ts";
 import type { DatabaseContext } from "./context.ts";
 import type { Logger } from "./log.ts";
 import { RefreshBusy, refreshStreamTable } from "./refresh/refresh.ts";
 import { removeAbandonedCreation } from "./recovery.ts";
-import { nextDue, parseSchedule } from "./schedule.ts";
 
 /**
  * How long stop() waits for a tick in progress. A tick only reads the catalog; one still running after this is
@@ -184,27 +183,14 @@ export class Scheduler {
   }
 
   async #queueDue(d: DbState): Promise<void> {
-    const now = this.#clock.now();
-    const tables = await listStreamTables(d.ctx.sql);
-    const deps = await listDependencies(d.ctx.sql);
-    const upstream = new Map<number, number[]>();
-    for (const dep of deps) {
-      if (dep.source_pgt_id === null) continue;
-      upstream.set(dep.pgt_id, [...(upstream.get(dep.pgt_id) ?? []), dep.source_pgt_id]);
-    }
+    const tables = await findDue(d.ctx.sql, this.#clock.now());
+    const upstream = new Map(tables.map((t) => [t.pgt_id, t.upstream]));
     for (const st of tables) {
       if (st.status !== "INITIALIZING" || d.inflight.has(st.pgt_id) || this.#stopped) continue;
       const job = this.#recover(d, st.pgt_id).finally(() => d.inflight.delete(st.pgt_id));
       d.inflight.set(st.pgt_id, job);
     }
-    const due = tables.filter((st) => {
-      if (d.inflight.has(st.pgt_id) || st.status !== "ACTIVE") return false;
-      try {
-        return nextDue(parseSchedule(st.schedule), st.last_refresh_at, now) <= now;
-      } catch {
-        return false;
-      }
-    });
+    const due = tables.filter((st) => st.status === "ACTIVE" && !d.inflight.has(st.pgt_id));
     // Queue upstream first: a job awaits the inflight jobs of the stream tables it reads.
     for (const st of orderByDependencies(due, upstream)) {
       const waitFor = (upstream.get(st.pgt_id) ?? []).map((id) => d.inflight.get(id)).filter((p) => p !== undefined);
@@ -281,4 +267,24 @@ export function orderByDependencies<T extends { pgt_id: number }>(items: T[], up
   };
   for (const i of items) visit(i.pgt_id);
   return out;
+}
+
+/** A stream table the tick acts on: ACTIVE and due, or INITIALIZING; with the stream tables it reads. */
+export interface DueStreamTable {
+  pgt_id: number;
+  status: "ACTIVE" | "INITIALIZING";
+  upstream: number[];
+}
+
+/** The stream tables due at `now` and those INITIALIZING: one indexed query, no plan or schedule read. */
+export async function findDue(sql: Sql, now: Date): Promise<DueStreamTable[]> {
+  return [
+    ...await sql<DueStreamTable[]>`
+    SELECT st.pgt_id, st.status, ARRAY(
+        SELECT d.source_pgt_id FROM pgtrickle.pgt_dependencies d
+        WHERE d.pgt_id = st.pgt_id AND d.source_pgt_id IS NOT NULL) AS upstream
+    FROM pgtrickle.pgt_stream_tables st
+    WHERE (st.status = 'ACTIVE' AND st.next_due_at <= ${now}) OR st.status = 'INITIALIZING'
+    ORDER BY st.next_due_at, st.pgt_id`,
+  ];
 }

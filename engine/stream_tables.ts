@@ -25,7 +25,7 @@ import type { QueryPlan } from "./refresh/plan.ts";
 import { fullOnlyPlan } from "./refresh/full.ts";
 import { refreshStreamTable } from "./refresh/refresh.ts";
 import { beginCreation } from "./recovery.ts";
-import { parseSchedule } from "./schedule.ts";
+import { nextDue, parseSchedule } from "./schedule.ts";
 
 export interface CreateInput {
   name: QualifiedName;
@@ -179,6 +179,11 @@ export async function alterStreamTable(
       input.freshnessDeadlineMs !== undefined ? input.freshnessDeadlineMs : st.freshness_deadline_ms
     },
         status = ${input.status ?? st.status},
+        next_due_at = ${
+      input.schedule === undefined
+        ? tx`next_due_at`
+        : nextDue(parseSchedule(input.schedule), st.last_refresh_at, ctx.clock.now())
+    },
         consecutive_errors = ${resumed ? 0 : st.consecutive_errors},
         last_error = ${resumed ? null : st.last_error},
         updated_at = now()

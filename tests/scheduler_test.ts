@@ -1,6 +1,7 @@
 /** The worker pool over two managed databases: limits hold, every due stream table is refreshed. */
 import assert from "node:assert/strict";
-import { createStreamTable } from "../engine/stream_tables.ts";
+import { alterStreamTable, createStreamTable } from "../engine/stream_tables.ts";
+import { refreshStreamTable } from "../engine/refresh/refresh.ts";
 import { connect, urlForDatabase } from "../db/pool.ts";
 import { dbTest, startTestService } from "./support/service.ts";
 
@@ -64,6 +65,88 @@ Deno.test({
       }
     } finally {
       await second.end();
+      await svc.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "next_due_at: set when a refresh commits and when the schedule changes; a tick queues what is due by it",
+  ...dbTest,
+  fn: async () => {
+    let now = Date.parse("2026-03-01T10:00:00Z");
+    const svc = await startTestService({ clock: { now: () => new Date(now) } });
+    const ctx = svc.engine.db();
+    try {
+      const dueAt = async () =>
+        (await ctx.sql<{ at: Date | null }[]>`SELECT next_due_at AS at FROM pgtrickle.pgt_stream_tables`)[0]!.at
+          ?.toISOString() ?? null;
+      await ctx.sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
+      await createStreamTable(ctx, {
+        name: { schema: "public", name: "due" },
+        query: "SELECT id, v FROM src",
+        schedule: "1m",
+        refreshMode: "DIFFERENTIAL",
+        freshnessDeadlineMs: null,
+      });
+      assert.equal(await dueAt(), "2026-03-01T10:01:00.000Z", "one interval after the initial refresh");
+      now += 10_000;
+      await alterStreamTable(ctx, { schema: "public", name: "due" }, { schedule: "0 12 * * *" });
+      assert.equal(await dueAt(), "2026-03-01T12:00:00.000Z", "the new schedule's next firing after the last refresh");
+      const refreshes = async () =>
+        (await ctx.sql<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER'`)[0]!.n;
+      now = Date.parse("2026-03-01T11:59:59Z");
+      await svc.engine.scheduler.tick();
+      await svc.engine.scheduler.idle();
+      assert.equal(await refreshes(), 0, "not due yet");
+      now = Date.parse("2026-03-01T12:00:00Z");
+      await svc.engine.scheduler.tick();
+      await svc.engine.scheduler.idle();
+      assert.equal(await refreshes(), 1, "due at next_due_at");
+      assert.equal(await dueAt(), "2026-03-02T12:00:00.000Z", "and the next firing is set by that refresh");
+    } finally {
+      await svc.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "a schedule that no longer parses is logged and shown on the stream table, which is not scheduled",
+  ...dbTest,
+  fn: async () => {
+    let now = Date.parse("2026-03-01T10:00:00Z");
+    const svc = await startTestService({ clock: { now: () => new Date(now) } });
+    const ctx = svc.engine.db();
+    try {
+      await ctx.sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
+      const st = await createStreamTable(ctx, {
+        name: { schema: "public", name: "odd" },
+        query: "SELECT id, v FROM src",
+        schedule: "1s",
+        refreshMode: "DIFFERENTIAL",
+        freshnessDeadlineMs: null,
+      });
+      // As a catalog edited by hand, or written by a version that accepted more, would have it.
+      await ctx.sql`UPDATE pgtrickle.pgt_stream_tables SET schedule = 'every tuesday' WHERE pgt_id = ${st.pgt_id}`;
+      await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+      const res = await svc.request("GET", "/stream-tables/odd");
+      const body = await res.json();
+      assert.equal(body.status, "ACTIVE", "its status stays");
+      assert.match(body.last_error ?? "", /schedule no longer parses.*"every tuesday"/);
+      const before = await ctx.sql`SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history`;
+      now += 3_600_000;
+      await svc.engine.scheduler.tick();
+      await svc.engine.scheduler.idle();
+      const after = await ctx.sql`SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history`;
+      assert.deepEqual(after, before, "a tick does not refresh it");
+      // Fixing the schedule schedules it again.
+      await alterStreamTable(ctx, { schema: "public", name: "odd" }, { schedule: "1s" });
+      await svc.engine.scheduler.tick();
+      await svc.engine.scheduler.idle();
+      const fixed = await ctx.sql<{ e: string | null }[]>`SELECT last_error AS e FROM pgtrickle.pgt_stream_tables`;
+      assert.equal(fixed[0]!.e, null, "its next refresh clears the message");
+    } finally {
       await svc.close();
     }
   },

@@ -12,6 +12,7 @@ import type { DatabaseContext } from "../context.ts";
 import { checkSources } from "../source_check.ts";
 import { TrickleError } from "../errors.ts";
 import type { RefreshFacts } from "../events.ts";
+import { nextDueAfter } from "../schedule.ts";
 import { applyFull } from "./full.ts";
 import { applyDifferential } from "./differential.ts";
 
@@ -123,6 +124,8 @@ export async function refreshStreamTable(
           // exact, so the commit need not wait for the WAL flush.
           await tx`SET LOCAL synchronous_commit = off`;
         }
+        const due = nextDueAfter(st.schedule, startedAt);
+        if (due.error !== null) ctx.log.warn("a stream table is not scheduled", { pgt_id: pgtId, error: due.error });
         const rowCount = decision.action === "FULL" ? counts.inserted : st.row_count + counts.inserted - counts.deleted;
         await tx`
           UPDATE pgtrickle.pgt_stream_tables SET
@@ -132,7 +135,8 @@ export async function refreshStreamTable(
             last_full_ms = ${decision.action === "FULL" ? durationMs : st.last_full_ms},
             last_diff_ms = ${decision.action === "DIFFERENTIAL" ? durationMs : st.last_diff_ms},
             consecutive_errors = 0,
-            last_error = NULL,
+            last_error = ${due.error},
+            next_due_at = ${due.at},
             status = CASE WHEN status = 'INITIALIZING' THEN 'ACTIVE' ELSE status END,
             updated_at = now()
           WHERE pgt_id = ${pgtId}`;
