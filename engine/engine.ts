@@ -7,7 +7,7 @@ import type { DatabaseContext, EngineSettings } from "./context.ts";
 import { databaseNotFound } from "./errors.ts";
 import { EngineEvents } from "./events.ts";
 import type { Logger } from "./log.ts";
-import { Scheduler, type SchedulerSettings } from "./scheduler.ts";
+import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
 
 export interface EngineOptions {
   url: string;
@@ -64,7 +64,11 @@ export class Engine {
       await Promise.all(contexts.map((c) => c.sql.end({ timeout: 1 })));
       throw e;
     }
-    const scheduler = new Scheduler(contexts, options.settings, { log: options.log, clock: options.clock });
+    const scheduler = new Scheduler(contexts, options.settings, {
+      log: options.log,
+      clock: options.clock,
+      url: options.url,
+    });
     return new Engine(contexts, scheduler);
   }
 

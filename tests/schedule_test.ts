@@ -1,12 +1,12 @@
 /**
  * Unit tests (no database) of the scheduling decisions: schedule parsing and due times (engine/schedule.ts), the
- * dependency order of refresh jobs (engine/scheduler.ts) and the choice of refresh action (engine/refresh/refresh.ts).
+ * dependency order of refresh jobs (engine/scheduler/tick.ts) and the choice of refresh action (engine/refresh/refresh.ts).
  */
 import assert from "node:assert/strict";
 import { TrickleError } from "../engine/errors.ts";
 import { chooseAction } from "../engine/refresh/refresh.ts";
 import { intervalSeconds, nextDue, parseSchedule, type Schedule } from "../engine/schedule.ts";
-import { orderByDependencies } from "../engine/scheduler.ts";
+import { orderByDependencies } from "../engine/scheduler/tick.ts";
 
 function interval(text: string): number {
   const s = parseSchedule(text);

@@ -5,7 +5,7 @@ import type { Clock } from "../../engine/clock.ts";
 import { systemClock } from "../../engine/clock.ts";
 import { createLogger, silentLogger } from "../../engine/log.ts";
 import type { EngineSettings } from "../../engine/context.ts";
-import type { SchedulerSettings } from "../../engine/scheduler.ts";
+import type { SchedulerSettings } from "../../engine/scheduler/scheduler.ts";
 import { createApp } from "../../routes/app.ts";
 import { dropDatabase, freshDatabase, type TestDatabase } from "./db.ts";
 
@@ -51,7 +51,8 @@ export async function startTestService(options: TestServiceOptions = {}): Promis
   const engine = await Engine.open({
     url: db.serverUrl,
     databases: [db.name, ...extra],
-    settings: { ...DEFAULT_SETTINGS, ...options.settings },
+    // Each test file coordinates its workers in its own database: parallel test files are separate "clusters".
+    settings: { ...DEFAULT_SETTINGS, coordinationDatabase: db.name, ...options.settings },
     log,
     clock: options.clock ?? systemClock,
     poolSize: 5,

@@ -1,0 +1,352 @@
+/**
+ * The worker pool, its state kept in PostgreSQL so that `max_workers` and the per-database quotas hold across every
+ * service instance of the cluster (DESIGN.md section 11), and so any instance can tell which refresh runs where.
+ *
+ * The state lives in pg_stat_activity, cluster-wide and crash-safe by construction: each fact is the
+ * `application_name` of a connection to one agreed coordination database (default `postgres`, the server's
+ * maintenance database: every instance of a cluster must use the same one), and it dies with that connection, so a
+ * crashed or killed instance leaves nothing behind:
+ *
+ *   trickle:<pid>:instance:<max_workers>                   one per instance (presence, its setting)
+ *   trickle:<pid>:lead:<db_oid>:<queued>:<oldest_epoch_ms>  one per database the instance leads: its queue
+ *   trickle:<pid>:run:<db_oid>:<pgt_id>                     one per running worker, held for its whole refresh
+ *
+ * A job is admitted under a short cluster-wide mutex (a transaction advisory lock in the coordination database): it
+ * counts the `run` markers, and when a slot is free marks a connection of its own as running before the mutex is
+ * released, so two instances can never both take the last slot. Waiting jobs retry every 100 ms (a slot freed by
+ * another instance) and at once when a local one finishes. Quota: `per_database_quota` is a hard cap; 0 means a fair
+ * share `ceil(max_workers / databases)` (databases managed anywhere in the cluster), and then capacity a quiet
+ * database leaves is lent to a busy one, and returned as soon as the quiet one has queued work: a database over its
+ * share is admitted only while no other database with queued work is under its share (running refreshes are not
+ * interrupted; the next free slot goes back). Queue lengths published by other instances may lag by one update, so
+ * lending is best effort; `max_workers` is exact. Refreshes run by API requests (create, manual refresh) are not
+ * pool work and are not counted.
+ */
+import type postgres from "postgres";
+import { connect, type Sql, urlForDatabase } from "../../db/pool.ts";
+import type { Logger } from "../log.ts";
+
+/** Advisory lock key of the admission mutex, in the coordination database (arbitrary, fixed). */
+const ADMISSION_LOCK = 7_417_005;
+/** How often a waiting job looks for a slot another instance freed. */
+const POLL_MS = 100;
+const MARKER = /^trickle:(\d+):(instance|lead|run):(.*)$/;
+
+export interface PoolSettings {
+  maxWorkers: number;
+  perDatabaseQuota: number;
+}
+
+/** One database's workers across the cluster. */
+export interface DatabaseWorkers {
+  db_oid: number;
+  db_name: string;
+  workers_active: number;
+  workers_queued: number;
+  quota: number;
+  quota_utilization_pct: number;
+  oldest_queued_wait_ms: number | null;
+}
+
+/** The cluster's workers, as any instance sees them. */
+export interface ClusterWorkers {
+  databases: DatabaseWorkers[];
+  workers_active: number;
+  workers_queued: number;
+  max_workers: number;
+  /** Instances present (`trickle:<pid>`) with their max_workers. */
+  instances: { instance: string; max_workers: number }[];
+  /** Which instance leads which database. */
+  leaders: { db_oid: number; db_name: string; instance: string }[];
+}
+
+interface Job {
+  dbOid: number;
+  pgtId: number;
+  queuedAt: number;
+  admit: (slot: postgres.ReservedSql) => void;
+  reject: (e: Error) => void;
+}
+
+/** Parsed markers: the cluster's worker state. */
+interface Markers {
+  running: Map<number, number>;
+  leaders: Map<number, { instance: string; queued: number; oldest: number | null }>;
+  instances: Map<string, number>;
+}
+
+/** Admits refresh jobs within the cluster's limits and publishes this instance's part of the worker state. */
+export class WorkerPool {
+  readonly #url: string;
+  readonly #settings: PoolSettings;
+  readonly #log: Logger;
+  readonly #base = `trickle:${Deno.pid}`;
+  /** The managed databases of this instance: oid -> name. */
+  readonly #local: Map<number, string>;
+  #coordinationDatabase: string;
+  #sql: Sql | null = null;
+  #presence: postgres.ReservedSql | null = null;
+  readonly #leads = new Map<number, { session: postgres.ReservedSql; published: string; busy: boolean }>();
+  #queue: Job[] = [];
+  readonly #active = new Map<number, number>();
+  #pumping = false;
+  #again = false;
+  #wake: (() => void) | null = null;
+  #closed = false;
+
+  constructor(
+    databases: { oid: number; name: string }[],
+    options: { url: string; coordinationDatabase: string; settings: PoolSettings; log: Logger },
+  ) {
+    this.#local = new Map(databases.map((d) => [d.oid, d.name]));
+    this.#url = options.url;
+    this.#coordinationDatabase = options.coordinationDatabase;
+    this.#settings = options.settings;
+    this.#log = options.log;
+  }
+
+  /** This instance's view: its running and waiting jobs of a database. */
+  local(dbOid: number): { active: number; queued: number } {
+    return { active: this.#active.get(dbOid) ?? 0, queued: this.#queue.filter((j) => j.dbOid === dbOid).length };
+  }
+
+  /** Waits for a worker slot of the cluster, runs `fn` holding it, frees it. Rejects when the pool closes first. */
+  async run<T>(dbOid: number, pgtId: number, fn: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new Error("The worker pool is closed");
+    const slot = await new Promise<postgres.ReservedSql>((admit, reject) => {
+      this.#queue.push({ dbOid, pgtId, queuedAt: Date.now(), admit, reject });
+      this.#changed(dbOid);
+    });
+    this.#active.set(dbOid, (this.#active.get(dbOid) ?? 0) + 1);
+    try {
+      return await fn();
+    } finally {
+      this.#active.set(dbOid, (this.#active.get(dbOid) ?? 1) - 1);
+      // Back to an idle name before the connection returns to the pool; a broken one leaves with its marker.
+      await slot`SELECT set_config('application_name', ${this.#base}, false)`.catch(() => {});
+      slot.release();
+      this.#changed(dbOid);
+    }
+  }
+
+  /** Publishes (or withdraws) this instance's leadership of a database and its queue. */
+  async setLeading(dbOid: number, leading: boolean): Promise<void> {
+    const lead = this.#leads.get(dbOid);
+    if (!leading) {
+      if (lead === undefined) return;
+      this.#leads.delete(dbOid);
+      await lead.session`SELECT set_config('application_name', ${this.#base}, false)`.catch(() => {});
+      lead.session.release();
+      return;
+    }
+    if (lead !== undefined || this.#closed) return;
+    const session = await (await this.#coordination()).reserve();
+    if (this.#closed || this.#leads.has(dbOid)) return session.release();
+    this.#leads.set(dbOid, { session, published: "", busy: false });
+    await this.#publish(dbOid);
+  }
+
+  /** The cluster's worker state, read from PostgreSQL (the same from every instance). */
+  async clusterWorkers(): Promise<ClusterWorkers> {
+    const sql = await this.#coordination();
+    const markers = await readMarkers(sql);
+    const oids = new Set([...this.#local.keys(), ...markers.leaders.keys(), ...markers.running.keys()]);
+    const names = new Map(
+      (await sql<{ oid: number; name: string }[]>`
+        SELECT oid::int8 AS oid, datname AS name FROM pg_database WHERE oid = ANY(${[...oids]}::oid[])`)
+        .map((r) => [r.oid, r.name]),
+    );
+    const quota = this.#quota(oids.size);
+    const now = Date.now();
+    const databases = [...oids].filter((o) => names.has(o)).map((oid) => {
+      const active = markers.running.get(oid) ?? 0;
+      const lead = markers.leaders.get(oid);
+      return {
+        db_oid: oid,
+        db_name: names.get(oid)!,
+        workers_active: active,
+        workers_queued: lead?.queued ?? 0,
+        quota,
+        quota_utilization_pct: Math.round((active / quota) * 1000) / 10,
+        oldest_queued_wait_ms: lead?.oldest == null ? null : Math.max(0, now - lead.oldest),
+      };
+    }).sort((a, b) => a.db_name.localeCompare(b.db_name));
+    return {
+      databases,
+      workers_active: databases.reduce((s, d) => s + d.workers_active, 0),
+      workers_queued: databases.reduce((s, d) => s + d.workers_queued, 0),
+      max_workers: this.#settings.maxWorkers,
+      instances: [...markers.instances].map(([instance, max]) => ({ instance, max_workers: max })),
+      leaders: [...markers.leaders].filter(([oid]) => names.has(oid))
+        .map(([oid, l]) => ({ db_oid: oid, db_name: names.get(oid)!, instance: l.instance })),
+    };
+  }
+
+  /** Rejects the jobs still waiting, withdraws this instance's markers and closes the coordination connections. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#wake?.();
+    for (const job of this.#queue.splice(0)) job.reject(new Error("The worker pool closed"));
+    for (const oid of [...this.#leads.keys()]) await this.setLeading(oid, false);
+    this.#presence?.release();
+    this.#presence = null;
+    await this.#sql?.end({ timeout: 1 });
+  }
+
+  /** The quota of each database when `databases` are managed in the cluster. */
+  #quota(databases: number): number {
+    const { maxWorkers, perDatabaseQuota } = this.#settings;
+    return perDatabaseQuota > 0
+      ? Math.min(perDatabaseQuota, maxWorkers)
+      : Math.ceil(maxWorkers / Math.max(1, databases));
+  }
+
+  /** The coordination pool, opened at first use (falling back to a managed database when the default is absent). */
+  async #coordination(): Promise<Sql> {
+    if (this.#sql !== null) return this.#sql;
+    const max = this.#settings.maxWorkers + this.#local.size + 3;
+    let sql = connect(urlForDatabase(this.#url, this.#coordinationDatabase), { max });
+    try {
+      await sql`SELECT 1`;
+    } catch (e) {
+      await sql.end({ timeout: 1 });
+      const fallback = [...this.#local.values()].sort()[0]!;
+      this.#log.warn("the coordination database is not reachable; coordinating workers in a managed database", {
+        coordination_database: this.#coordinationDatabase,
+        instead: fallback,
+        hint: "every instance of the cluster must coordinate in the same database",
+        error: e,
+      });
+      this.#coordinationDatabase = fallback;
+      sql = connect(urlForDatabase(this.#url, fallback), { max });
+    }
+    if (this.#sql !== null) {
+      await sql.end({ timeout: 1 }); // opened meanwhile by another caller
+      return this.#sql;
+    }
+    this.#sql = sql;
+    return sql;
+  }
+
+  /** A job queued, admitted or finished: publish the queue and look for slots. */
+  #changed(dbOid: number): void {
+    void this.#publish(dbOid);
+    this.#kick();
+  }
+
+  async #publish(dbOid: number): Promise<void> {
+    const lead = this.#leads.get(dbOid);
+    if (lead === undefined || lead.busy) return;
+    lead.busy = true;
+    try {
+      for (;;) {
+        const waiting = this.#queue.filter((j) => j.dbOid === dbOid);
+        const oldest = waiting.length === 0 ? 0 : Math.min(...waiting.map((j) => j.queuedAt));
+        const name = `${this.#base}:lead:${dbOid}:${waiting.length}:${oldest}`;
+        if (name === lead.published || this.#leads.get(dbOid) !== lead) return;
+        await lead.session`SELECT set_config('application_name', ${name}, false)`;
+        lead.published = name;
+      }
+    } catch (e) {
+      this.#log.warn("could not publish the worker queue", { db_oid: dbOid, error: e });
+    } finally {
+      lead.busy = false;
+    }
+  }
+
+  #kick(): void {
+    if (this.#pumping) {
+      this.#again = true;
+      this.#wake?.();
+      return;
+    }
+    this.#pumping = true;
+    void (async () => {
+      try {
+        while (this.#queue.length > 0 && !this.#closed) {
+          this.#again = false;
+          try {
+            await this.#admit();
+          } catch (e) {
+            this.#log.warn("worker admission failed; retrying", { error: e });
+          }
+          if (this.#queue.length === 0 || this.#again) continue;
+          await new Promise<void>((r) => {
+            const timer = setTimeout(r, POLL_MS);
+            this.#wake = () => (clearTimeout(timer), r());
+          });
+          this.#wake = null;
+        }
+      } finally {
+        this.#pumping = false;
+      }
+    })();
+  }
+
+  /** One admission pass under the cluster-wide mutex: admits as many waiting jobs as the limits allow. */
+  async #admit(): Promise<void> {
+    const sql = await this.#coordination();
+    if (this.#presence === null && !this.#closed) {
+      this.#presence = await sql.reserve();
+      await this.#presence`SELECT set_config('application_name',
+        ${`${this.#base}:instance:${this.#settings.maxWorkers}`}, false)`;
+    }
+    const admitted: Job[] = [];
+    await sql.begin(async (tx) => {
+      await tx`SELECT pg_advisory_xact_lock(${ADMISSION_LOCK})`;
+      // Read after the lock: pg_stat_activity is snapshotted at its first read in a transaction.
+      const markers = await readMarkers(tx);
+      const running = markers.running;
+      const oids = new Set([...this.#local.keys(), ...markers.leaders.keys(), ...running.keys()]);
+      const quota = this.#quota(oids.size);
+      const queued = (oid: number) =>
+        this.#local.has(oid)
+          ? this.#queue.filter((j) => j.dbOid === oid).length
+          : markers.leaders.get(oid)?.queued ?? 0;
+      let total = [...running.values()].reduce((s, n) => s + n, 0);
+      for (const job of [...this.#queue]) {
+        if (total >= this.#settings.maxWorkers || this.#closed) break;
+        const mine = running.get(job.dbOid) ?? 0;
+        if (mine >= quota) {
+          if (this.#settings.perDatabaseQuota > 0) continue; // a configured quota is a hard cap
+          // Lent capacity goes back as soon as a database under its share has work.
+          const owed = [...oids].some((o) => o !== job.dbOid && queued(o) > 0 && (running.get(o) ?? 0) < quota);
+          if (owed) continue;
+        }
+        const slot = await sql.reserve();
+        try {
+          await slot`SELECT set_config('application_name', ${`${this.#base}:run:${job.dbOid}:${job.pgtId}`}, false)`;
+        } catch (e) {
+          slot.release();
+          throw e;
+        }
+        this.#queue = this.#queue.filter((j) => j !== job);
+        running.set(job.dbOid, mine + 1);
+        total++;
+        admitted.push(job);
+        // Admitted at once: the marker is set, and the job must not wait for the mutex's commit to start.
+        job.admit(slot);
+      }
+    });
+    for (const dbOid of new Set(admitted.map((j) => j.dbOid))) void this.#publish(dbOid);
+  }
+}
+
+/** Reads the markers of every instance from pg_stat_activity (cluster-wide, in the coordination database). */
+async function readMarkers(sql: Sql | postgres.TransactionSql): Promise<Markers> {
+  const rows = await sql<{ app: string }[]>`
+    SELECT application_name AS app FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name LIKE 'trickle:%:%'`;
+  const out: Markers = { running: new Map(), leaders: new Map(), instances: new Map() };
+  for (const { app } of rows) {
+    const m = MARKER.exec(app);
+    if (m === null) continue;
+    const [, pid, kind, rest] = m as unknown as [string, string, string, string];
+    const parts = rest.split(":").map(Number);
+    const instance = `trickle:${pid}`;
+    if (kind === "instance") out.instances.set(instance, parts[0] ?? 0);
+    else if (kind === "run") out.running.set(parts[0]!, (out.running.get(parts[0]!) ?? 0) + 1);
+    else out.leaders.set(parts[0]!, { instance, queued: parts[1] ?? 0, oldest: parts[2] ? parts[2] : null });
+  }
+  return out;
+}

@@ -1,0 +1,233 @@
+/**
+ * The scheduler (DESIGN.md section 11). Every tick, for each database this instance leads (leadership.ts), it finds
+ * the stream tables that are due (tick.ts) and queues refresh jobs; the worker pool (pool.ts) runs them within the
+ * cluster's `max_workers` and each database's quota, its state kept in PostgreSQL. A job waits for the jobs of the
+ * stream tables it reads, so stream tables on stream tables refresh in dependency order.
+ */
+import type { Clock } from "../clock.ts";
+import type { DatabaseContext } from "../context.ts";
+import type { Logger } from "../log.ts";
+import { RefreshBusy, refreshStreamTable } from "../refresh/refresh.ts";
+import { removeAbandonedCreation } from "../recovery.ts";
+import { Leadership } from "./leadership.ts";
+import { type ClusterWorkers, WorkerPool } from "./pool.ts";
+import { findDue, orderByDependencies, pruneHistory } from "./tick.ts";
+
+/**
+ * How long stop() waits for a tick in progress. A tick only reads the catalog; one still running after this is
+ * waiting for a connection to a server that does not answer, and is left behind (the pools' end closes it).
+ */
+const TICK_STOP_WAIT_MS = 500;
+
+export interface SchedulerSettings {
+  maxWorkers: number;
+  perDatabaseQuota: number;
+  schedulerIntervalMs: number;
+  /** The database whose pg_stat_activity holds the cluster's worker state (see pool.ts); default `postgres`. */
+  coordinationDatabase?: string;
+}
+
+/** What this instance's worker pool is doing for one database, as of now. */
+export interface WorkerState {
+  db_name: string;
+  db_oid: number;
+  leader: boolean;
+  workers_active: number;
+  workers_queued: number;
+  quota: number;
+}
+
+interface DbState {
+  ctx: DatabaseContext;
+  leadership: Leadership;
+  /** Jobs created and not yet running (waiting for upstream jobs or a worker). */
+  queued: number;
+  /** pgt_id -> the job refreshing it, while queued or running. */
+  inflight: Map<number, Promise<void>>;
+  lastHistoryPrune: number;
+}
+
+/** Runs refresh jobs on schedule for every managed database this instance leads. */
+export class Scheduler {
+  readonly #dbs: DbState[];
+  readonly #settings: SchedulerSettings;
+  readonly #log: Logger;
+  readonly #clock: Clock;
+  readonly #pool: WorkerPool;
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  #ticking: Promise<void> | null = null;
+  #stopped = false;
+
+  constructor(
+    databases: DatabaseContext[],
+    settings: SchedulerSettings,
+    deps: { log: Logger; clock: Clock; url: string },
+  ) {
+    this.#dbs = databases.map((ctx) => ({
+      ctx,
+      leadership: new Leadership(ctx, deps.log),
+      queued: 0,
+      inflight: new Map(),
+      lastHistoryPrune: 0,
+    }));
+    this.#settings = settings;
+    this.#log = deps.log;
+    this.#clock = deps.clock;
+    this.#pool = new WorkerPool(databases.map((c) => ({ oid: c.oid, name: c.name })), {
+      url: deps.url,
+      coordinationDatabase: settings.coordinationDatabase ?? "postgres",
+      settings,
+      log: deps.log,
+    });
+  }
+
+  /** The configured per-database quota, or the fair share of this instance's databases. */
+  quota(): number {
+    return this.#settings.perDatabaseQuota > 0
+      ? Math.min(this.#settings.perDatabaseQuota, this.#settings.maxWorkers)
+      : Math.ceil(this.#settings.maxWorkers / Math.max(1, this.#dbs.length));
+  }
+
+  /** Starts ticking every `schedulerIntervalMs`. */
+  start(): void {
+    const loop = async () => {
+      if (this.#stopped) return;
+      this.#ticking = this.tick().catch((e) => this.#log.error("scheduler tick failed", { error: e }));
+      await this.#ticking;
+      if (!this.#stopped) this.#timer = setTimeout(loop, this.#settings.schedulerIntervalMs);
+    };
+    this.#timer = setTimeout(loop, 0);
+  }
+
+  /** Stops queuing, waits for running refreshes (up to `graceMs`), and gives up leadership. */
+  async stop(graceMs = 10_000): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    let tickTimer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#ticking, new Promise((r) => (tickTimer = setTimeout(r, TICK_STOP_WAIT_MS)))]);
+    clearTimeout(tickTimer);
+    const jobs = this.#dbs.flatMap((d) => [...d.inflight.values()]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.allSettled(jobs),
+      new Promise((r) => (timer = setTimeout(r, graceMs))),
+    ]);
+    clearTimeout(timer);
+    for (const d of this.#dbs) await d.leadership.resign();
+    await this.#pool.close();
+  }
+
+  /** This instance's worker use per database. */
+  workers(): WorkerState[] {
+    return this.#dbs.map((d) => ({
+      db_name: d.ctx.name,
+      db_oid: d.ctx.oid,
+      leader: d.leadership.leading,
+      workers_active: this.#pool.local(d.ctx.oid).active,
+      workers_queued: d.queued,
+      quota: this.quota(),
+    }));
+  }
+
+  /** The cluster's workers per database, queues, quotas and leaders, read from PostgreSQL (any instance). */
+  clusterWorkers(): Promise<ClusterWorkers> {
+    return this.#pool.clusterWorkers();
+  }
+
+  /** One pass: for each database this instance leads, queue the due stream tables. Resolves once queued. */
+  async tick(): Promise<void> {
+    for (const d of this.#dbs) {
+      if (this.#stopped) return;
+      const t0 = performance.now();
+      try {
+        const leading = await d.leadership.lead(() => this.#stopped);
+        await this.#pool.setLeading(d.ctx.oid, leading);
+        if (!leading) continue;
+        const { due, queued } = await this.#queueDue(d);
+        d.lastHistoryPrune = await pruneHistory(d.ctx, d.lastHistoryPrune);
+        d.ctx.events.emit({
+          type: "tick_done",
+          db_name: d.ctx.name,
+          db_oid: d.ctx.oid,
+          due,
+          queued,
+          duration_ms: performance.now() - t0,
+        });
+      } catch (e) {
+        this.#log.error("scheduling failed", { database: d.ctx.name, error: e });
+      }
+    }
+  }
+
+  /** Waits until every queued or running job has finished (tests). */
+  async idle(): Promise<void> {
+    while (this.#dbs.some((d) => d.inflight.size > 0)) {
+      await Promise.allSettled(this.#dbs.flatMap((d) => [...d.inflight.values()]));
+    }
+  }
+
+  async #queueDue(d: DbState): Promise<{ due: number; queued: number }> {
+    const tables = await findDue(d.ctx.sql, this.#clock.now());
+    const upstream = new Map(tables.map((t) => [t.pgt_id, t.upstream]));
+    for (const st of tables) {
+      if (st.status !== "INITIALIZING" || d.inflight.has(st.pgt_id) || this.#stopped) continue;
+      const job = this.#recover(d, st.pgt_id).finally(() => d.inflight.delete(st.pgt_id));
+      d.inflight.set(st.pgt_id, job);
+    }
+    const due = tables.filter((st) => st.status === "ACTIVE");
+    let queued = 0;
+    // Queue upstream first: a job awaits the inflight jobs of the stream tables it reads.
+    for (const st of orderByDependencies(due, upstream)) {
+      if (d.inflight.has(st.pgt_id) || this.#stopped) continue;
+      const waitFor = (upstream.get(st.pgt_id) ?? []).map((id) => d.inflight.get(id)).filter((p) => p !== undefined);
+      d.queued++;
+      queued++;
+      const job = this.#run(d, st.pgt_id, waitFor).finally(() => d.inflight.delete(st.pgt_id));
+      d.inflight.set(st.pgt_id, job);
+    }
+    return { due: due.length, queued };
+  }
+
+  async #run(d: DbState, pgtId: number, waitFor: Promise<void>[]): Promise<void> {
+    const queuedAt = performance.now();
+    const facts = { db_name: d.ctx.name, db_oid: d.ctx.oid, pgt_id: pgtId };
+    let started = false;
+    try {
+      await Promise.allSettled(waitFor);
+      await this.#pool.run(d.ctx.oid, pgtId, async () => {
+        d.queued--;
+        started = true;
+        const t0 = performance.now();
+        d.ctx.events.emit({ type: "worker_started", ...facts, waited_ms: t0 - queuedAt });
+        let ok = false;
+        try {
+          if (!this.#stopped) await refreshStreamTable(d.ctx, pgtId, { initiatedBy: "SCHEDULER", skipIfBusy: true });
+          ok = true;
+        } catch (e) {
+          if (!(e instanceof RefreshBusy)) {
+            this.#log.debug("scheduled refresh failed", { database: d.ctx.name, pgt_id: pgtId, error: e });
+          }
+        } finally {
+          d.ctx.events.emit({ type: "worker_finished", ...facts, duration_ms: performance.now() - t0, ok });
+        }
+      });
+    } catch (e) {
+      // The pool closed (stopping) or could not admit: the stream table stays due for the next leader.
+      this.#log.debug("a refresh job did not run", { database: d.ctx.name, pgt_id: pgtId, error: e });
+    } finally {
+      if (!started) d.queued--;
+    }
+  }
+
+  /**
+   * An INITIALIZING stream table is a creation in progress or one whose creator is gone; the latter is removed
+   * (see recovery.ts). Checked at every tick, so the first tick of a new leader cleans up after a crashed instance.
+   */
+  async #recover(d: DbState, pgtId: number): Promise<void> {
+    try {
+      await removeAbandonedCreation(d.ctx, pgtId);
+    } catch (e) {
+      this.#log.error("could not remove an interrupted creation", { database: d.ctx.name, pgt_id: pgtId, error: e });
+    }
+  }
+}
