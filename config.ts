@@ -16,6 +16,7 @@ export interface Config {
   readToken: string | null;
   maxWorkers: number;
   perDatabaseQuota: number;
+  coordinationDatabase: string;
   schedulerIntervalMs: number;
   maxConsecutiveErrors: number;
   differentialMaxChangeRatio: number;
@@ -64,6 +65,12 @@ const SETTINGS = {
   ],
   maxWorkers: ["TRICKLE_MAX_WORKERS", int(1, 1024), 4],
   perDatabaseQuota: ["TRICKLE_PER_DATABASE_QUOTA", int(0, 1024), 0],
+  // Where every instance of the cluster keeps its worker markers (engine/scheduler/pool.ts): the same for all.
+  coordinationDatabase: [
+    "TRICKLE_COORDINATION_DATABASE",
+    z.string().regex(/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/, "a database name"),
+    "postgres",
+  ],
   schedulerIntervalMs: ["TRICKLE_SCHEDULER_INTERVAL_MS", int(10, 3_600_000), 1000],
   maxConsecutiveErrors: ["TRICKLE_MAX_CONSECUTIVE_ERRORS", int(1, 1000), 3],
   differentialMaxChangeRatio: ["TRICKLE_DIFFERENTIAL_MAX_CHANGE_RATIO", z.coerce.number().min(0), 0.15],

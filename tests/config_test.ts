@@ -23,7 +23,7 @@ async function withConfigFile(content: string, fn: (path: string) => Promise<voi
   }
 }
 
-Deno.test("loadConfig: the defaults are those of DESIGN.md section 4a", async () => {
+Deno.test("loadConfig: the defaults are the documented ones", async () => {
   const c = await loadConfig({ env: {}, args: [] });
   assert.equal(c.databaseUrl, null, "no DATABASE_URL: embedded PostgreSQL");
   assert.deepEqual(c.databases, ["postgres"]);
@@ -34,6 +34,7 @@ Deno.test("loadConfig: the defaults are those of DESIGN.md section 4a", async ()
   assert.equal(c.readToken, null);
   assert.equal(c.maxWorkers, 4);
   assert.equal(c.perDatabaseQuota, 0);
+  assert.equal(c.coordinationDatabase, "postgres", "the server's maintenance database");
   assert.equal(c.schedulerIntervalMs, 1000);
   assert.equal(c.maxConsecutiveErrors, 3);
   assert.equal(c.differentialMaxChangeRatio, 0.15);
@@ -63,6 +64,7 @@ Deno.test("loadConfig: every variable is read and converted", async () => {
       TRICKLE_SCHEDULE_ALERT_COOLDOWN_SECONDS: "60",
       TRICKLE_METRICS_PORT: "9187",
       TRICKLE_METRICS_REQUEST_TIMEOUT_MS: "1500",
+      TRICKLE_COORDINATION_DATABASE: "trickle_coord",
     },
     args: [],
   });
@@ -75,6 +77,7 @@ Deno.test("loadConfig: every variable is read and converted", async () => {
   assert.equal(c.readToken, "r".repeat(32));
   assert.equal(c.maxWorkers, 8);
   assert.equal(c.perDatabaseQuota, 2);
+  assert.equal(c.coordinationDatabase, "trickle_coord");
   assert.equal(c.schedulerIntervalMs, 250);
   assert.equal(c.maxConsecutiveErrors, 5);
   assert.equal(c.differentialMaxChangeRatio, 0.3);
