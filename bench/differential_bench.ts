@@ -10,9 +10,9 @@
  */
 import { deltaStats } from "../engine/cdc.ts";
 import { describeQuery } from "../engine/query.ts";
-import { applyDifferential, planQuery } from "../engine/refresh/differential.ts";
+import { applyDifferential, planQuery } from "../engine/refresh/differential/differential.ts";
 import { applyFull } from "../engine/refresh/full.ts";
-import type { QueryPlan } from "../engine/refresh/plan.ts";
+import type { QueryPlan } from "../engine/plan.ts";
 import { chooseAction } from "../engine/refresh/refresh.ts";
 import { installCapture } from "../engine/cdc.ts";
 import { createStorage } from "../engine/stream_tables.ts";
@@ -75,7 +75,7 @@ export async function runDifferentialBench(opts: BenchOptions): Promise<Figure[]
     const tables: Table[] = [];
     for (const c of CASES) {
       const description = await describeQuery(sql, c.query);
-      const plan = await planQuery(sql, { query: c.query, description, requested: "DIFFERENTIAL" });
+      const plan = await planQuery(sql, { query: c.query, description });
       if (plan.unsupportedReason !== null) throw new Error(`${c.key}: ${plan.unsupportedReason}`);
       await sql.begin((tx) => createStorage(tx, { schema: "public", name: `st_${c.key}` }, plan));
       for (const s of description.sources) await sql.begin((tx) => installCapture(tx, s));

@@ -1,7 +1,7 @@
 /** Reads of the catalog: stream tables as the API shows them, their dependencies and refresh history. */
 import type { Sql, Tx } from "../db/pool.ts";
 import type { QualifiedName } from "../db/identifiers.ts";
-import type { QueryPlan } from "./refresh/plan.ts";
+import type { QueryPlan } from "./plan.ts";
 
 export type RefreshMode = "AUTO" | "FULL" | "DIFFERENTIAL" | "IMMEDIATE";
 export type Status = "INITIALIZING" | "ACTIVE" | "SUSPENDED" | "ERROR";

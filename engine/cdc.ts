@@ -17,7 +17,7 @@
  */
 import type { Tx } from "../db/pool.ts";
 import { quoteIdent, quoteLiteral } from "../db/identifiers.ts";
-import type { SourceRef } from "./refresh/plan.ts";
+import type { SourceRef } from "./plan.ts";
 
 /** Advisory lock class for capture installation on one source (arbitrary, fixed). */
 const CAPTURE_LOCK = 7_417_002;

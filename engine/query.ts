@@ -6,13 +6,11 @@
 import { parse } from "libpg-query";
 import type { Sql, Tx } from "../db/pool.ts";
 import { isPgError } from "../db/errors.ts";
-import { withUserSql } from "../db/session.ts";
 import { invalidQuery } from "./errors.ts";
-import type { Column, QueryDescription, SourceRef } from "./refresh/plan.ts";
+import type { Column, QueryDescription, SourceRef } from "./plan.ts";
+import { inRolledBackTransaction } from "./rolled_back.ts";
 
 const PROBE_PREFIX = "CREATE TEMPORARY VIEW pgt_probe AS ";
-/** Rolls the probe transaction back once the description is read. */
-class Rollback extends Error {}
 
 /** Checks that `query` is exactly one SELECT (no INTO); returns its parse tree. */
 export async function parseSelect(query: string): Promise<Record<string, unknown>> {
@@ -44,11 +42,14 @@ export async function parseSelect(query: string): Promise<Record<string, unknown
   return select;
 }
 
-/** Asks PostgreSQL for the query's output columns and source tables; throws InvalidQuery with the server's words. */
+/**
+ * Asks PostgreSQL for the query's output columns and source tables, and returns them with the query's parse tree;
+ * throws InvalidQuery with the server's words.
+ */
 export async function describeQuery(sql: Sql | Tx, query: string): Promise<QueryDescription> {
   const tree = await parseSelect(query);
-  let description: QueryDescription | undefined;
-  const run = async (tx: Tx) => {
+  // The view is created in a transaction rolled back once it is described (engine/rolled_back.ts).
+  return await inRolledBackTransaction(sql, async (tx) => {
     try {
       // The query is SQL by design (creating a stream table needs the admin token); it was checked above to be a
       // single SELECT, and the extended protocol (simple: false) refuses a second statement in any case.
@@ -103,17 +104,8 @@ export async function describeQuery(sql: Sql | Tx, query: string): Promise<Query
       sources.push(await describeSource(tx, rel));
     }
     if (sources.length === 0) throw invalidQuery("The defining query reads no table; a stream table needs a source");
-    description = { columns: [...columns], sources };
-    throw new Rollback();
-  };
-  // Defining the view runs none of the query, but planning may evaluate its functions: isolated (db/session.ts).
-  const isolated = (tx: Tx) => withUserSql(tx, run);
-  try {
-    await (typeof (sql as Tx).savepoint === "function" ? isolated(sql as Tx) : (sql as Sql).begin(isolated));
-  } catch (e) {
-    if (!(e instanceof Rollback)) throw e;
-  }
-  return description!;
+    return { columns: [...columns], sources, tree };
+  });
 }
 
 /**
@@ -167,7 +159,9 @@ export async function describeSource(
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = ${rel.relid} AND i.indisprimary ORDER BY k.ord`;
   const [st] = await sql<{ pgt_id: number; unique_key: string[] | null }[]>`
-    SELECT pgt_id, (SELECT array_agg(k) FROM jsonb_array_elements_text(plan->'uniqueKey') k) AS unique_key
+    SELECT pgt_id, (SELECT array_agg(k) FROM jsonb_array_elements_text(
+      -- A FULL-only stream table has no unique key (JSON null): it is then a source without a key.
+      CASE WHEN jsonb_typeof(plan->'uniqueKey') = 'array' THEN plan->'uniqueKey' END) k) AS unique_key
     FROM pgtrickle.pgt_stream_tables WHERE pgt_relid = ${rel.relid}`;
   return {
     relid: rel.relid,

@@ -17,9 +17,9 @@ import type { StreamTableRow } from "./catalog.ts";
 import { CAPTURE_VERSION, type SourceColumn, syncCapture } from "./cdc.ts";
 import { sourceChanged, TrickleError } from "./errors.ts";
 import { describeQuery } from "./query.ts";
-import { planQuery } from "./refresh/differential.ts";
+import { planQuery } from "./refresh/differential/differential.ts";
 import { fullOnlyPlan } from "./refresh/full.ts";
-import type { Column, QueryDescription, QueryPlan } from "./refresh/plan.ts";
+import type { Column, QueryDescription, QueryPlan } from "./plan.ts";
 
 export interface SourceCheck {
   /** The stream table, with a new plan when a source change required one. */
@@ -162,7 +162,7 @@ async function planAgain(
   const { description, what } = input;
   const plan = st.plan.differential === null
     ? fullOnlyPlan(st.defining_query, description, st.plan.unsupportedReason ?? "refresh mode FULL was requested")
-    : await planQuery(tx, { query: st.defining_query, description, requested: st.refresh_mode });
+    : await planQuery(tx, { query: st.defining_query, description });
   const storage = (p: QueryPlan) => JSON.stringify([p.hiddenColumns, p.uniqueKey, p.differential === null]);
   if (storage(plan) !== storage(st.plan)) {
     throw sourceChanged(

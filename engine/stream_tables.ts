@@ -20,8 +20,8 @@ import {
   unsupportedQuery,
 } from "./errors.ts";
 import { describeQuery } from "./query.ts";
-import { planQuery } from "./refresh/differential.ts";
-import type { QueryPlan } from "./refresh/plan.ts";
+import { planQuery } from "./refresh/differential/differential.ts";
+import type { QueryPlan } from "./plan.ts";
 import { fullOnlyPlan } from "./refresh/full.ts";
 import { refreshStreamTable } from "./refresh/refresh.ts";
 import { beginCreation } from "./recovery.ts";
@@ -44,11 +44,7 @@ export function effectiveMode(
     case "FULL":
       return { mode: "FULL", reason: null };
     case "IMMEDIATE":
-      throw new TrickleError(
-        "UnsupportedRefreshMode",
-        422,
-        "Refresh mode IMMEDIATE is not available yet; use AUTO, DIFFERENTIAL or FULL",
-      );
+      throw immediateUnavailable();
     case "DIFFERENTIAL":
       if (plan.unsupportedReason !== null) throw unsupportedQuery(plan.unsupportedReason);
       return { mode: "DIFFERENTIAL", reason: null };
@@ -59,6 +55,15 @@ export function effectiveMode(
   }
 }
 
+/** IMMEDIATE is refused before any work (describing or planning the query): no plan can make it available. */
+function immediateUnavailable(): TrickleError {
+  return new TrickleError(
+    "UnsupportedRefreshMode",
+    422,
+    "Refresh mode IMMEDIATE is not available yet; use AUTO, DIFFERENTIAL or FULL",
+  );
+}
+
 /**
  * Creates a stream table: validates the query against the database, creates the storage table, registers it,
  * installs change capture on its sources (committed first, see cdc.ts), then runs the initial refresh. When the
@@ -66,12 +71,13 @@ export function effectiveMode(
  */
 export async function createStreamTable(ctx: DatabaseContext, input: CreateInput): Promise<StreamTableRow> {
   parseSchedule(input.schedule);
+  if (input.refreshMode === "IMMEDIATE") throw immediateUnavailable();
   const description = await describeQuery(ctx.sql, input.query);
   // FULL stores the query's result as it is: no hidden columns or key index to maintain (PATCH to AUTO or
   // DIFFERENTIAL re-plans and extends the storage).
   const plan = input.refreshMode === "FULL"
     ? fullOnlyPlan(input.query, description, "refresh mode FULL was requested")
-    : await planQuery(ctx.sql, { query: input.query, description, requested: input.refreshMode });
+    : await planQuery(ctx.sql, { query: input.query, description });
   const { mode, reason } = effectiveMode(input.refreshMode, plan);
   const label = displayName(input.name);
   // Held until this function returns: a row left INITIALIZING without it was abandoned (see recovery.ts).
@@ -162,8 +168,9 @@ export async function alterStreamTable(
     if (found === undefined) throw streamTableNotFound(displayName(name), ctx.name);
     const st = (await lockStreamTable(tx, found.pgt_id))!;
     let plan = st.plan;
+    if (input.refreshMode === "IMMEDIATE") throw immediateUnavailable();
     if (input.refreshMode !== undefined && input.refreshMode !== "FULL" && plan.differential === null) {
-      plan = await upgradePlan(tx, st, input.refreshMode);
+      plan = await upgradePlan(tx, st);
     }
     const mode = input.refreshMode === undefined
       ? { mode: st.effective_refresh_mode, reason: st.fallback_reason }
@@ -200,9 +207,9 @@ export async function alterStreamTable(
  * hidden columns and key index to its storage (same table: grants and readers keep working). The frontier is
  * cleared so the next refresh is FULL and fills them.
  */
-async function upgradePlan(tx: Tx, st: StreamTableRow, requested: RefreshMode): Promise<QueryPlan> {
+async function upgradePlan(tx: Tx, st: StreamTableRow): Promise<QueryPlan> {
   const description = await describeQuery(tx, st.defining_query);
-  const plan = await planQuery(tx, { query: st.defining_query, description, requested });
+  const plan = await planQuery(tx, { query: st.defining_query, description });
   if (plan.unsupportedReason !== null) return plan;
   const target = { schema: st.pgt_schema, name: st.pgt_name };
   // Hidden column names and types come from the planner (catalog types), each name quoted.

@@ -3,12 +3,15 @@
  */
 import assert from "node:assert/strict";
 import { describeQuery } from "../engine/query.ts";
-import { planQuery } from "../engine/refresh/differential.ts";
+import { planQuery } from "../engine/refresh/differential/differential.ts";
+import { TrickleError } from "../engine/errors.ts";
+import { createStreamTable } from "../engine/stream_tables.ts";
 import { freshTestDatabase, type Sql } from "./support/oracle.ts";
+import { dbTest, startTestService } from "./support/service.ts";
 
 async function plan(sql: Sql, query: string) {
   const description = await describeQuery(sql as never, query);
-  return await planQuery(sql as never, { query, description, requested: "AUTO" });
+  return await planQuery(sql as never, { query, description });
 }
 
 function strategies(p: { differential: unknown }): string[] {
@@ -113,6 +116,60 @@ Deno.test({
       });
     } finally {
       await db.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "IMMEDIATE is refused before the query is described or planned: the answer does not depend on the query",
+  ...dbTest,
+  async fn() {
+    const svc = await startTestService();
+    try {
+      for (const query of ["SELECT 1 AS one FROM no_such_table", "SELECT random() AS r FROM pg_class"]) {
+        const error = await createStreamTable(svc.engine.db(), {
+          name: { schema: "public", name: "immediate" },
+          query,
+          schedule: "1m",
+          refreshMode: "IMMEDIATE",
+          freshnessDeadlineMs: null,
+        }).then(() => new Error("created"), (e: Error) => e);
+        assert.ok(error instanceof TrickleError, String(error));
+        assert.equal(error.code, "UnsupportedRefreshMode", `${query}: ${error.message}`);
+      }
+      const [left] = await svc.db.sql`SELECT count(*)::int AS n FROM pgtrickle.pgt_stream_tables`;
+      assert.equal(left!.n, 0);
+    } finally {
+      await svc.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "a stream table over a FULL stream table is created (FULL: its source has no key)",
+  ...dbTest,
+  async fn() {
+    const svc = await startTestService();
+    try {
+      const ctx = svc.engine.db();
+      await svc.db.sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
+      await svc.db.sql`INSERT INTO src SELECT i, i % 4 FROM generate_series(1, 10) i`;
+      const create = (name: string, query: string, refreshMode: "FULL" | "AUTO") =>
+        createStreamTable(ctx, {
+          name: { schema: "public", name },
+          query,
+          schedule: "1m",
+          refreshMode,
+          freshnessDeadlineMs: null,
+        });
+      await create("full_st", "SELECT id, v FROM src", "FULL");
+      const over = await create("over_full", "SELECT v, count(*) AS c FROM full_st GROUP BY v", "AUTO");
+      assert.equal(over.effective_refresh_mode, "FULL");
+      assert.match(over.fallback_reason ?? "", /source without primary key \(public\.full_st\)/);
+      const rows = await svc.db.sql`SELECT v, c::int AS c FROM over_full ORDER BY v`;
+      assert.deepEqual(rows.map((r) => [r.v, r.c]), [[0, 2], [1, 3], [2, 3], [3, 2]]);
+    } finally {
+      await svc.close();
     }
   },
 });

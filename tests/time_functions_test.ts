@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { assertSameContent } from "./support/oracle.ts";
-import type { QueryPlan } from "../engine/refresh/plan.ts";
+import type { QueryPlan } from "../engine/plan.ts";
 import { dbTest, startTestService, type TestService } from "./support/service.ts";
 
 interface StreamTable {

@@ -2,7 +2,7 @@
 import type { Tx } from "../../db/pool.ts";
 import { type QualifiedName, quoteIdent, quoteQualified } from "../../db/identifiers.ts";
 import { withUserSql } from "../../db/session.ts";
-import type { QueryDescription, QueryPlan } from "./plan.ts";
+import type { QueryDescription, QueryPlan } from "../plan.ts";
 
 /** A plan that can only be refreshed FULL: the storage holds exactly the query's columns. */
 export function fullOnlyPlan(query: string, description: QueryDescription, reason: string): QueryPlan {

@@ -14,7 +14,7 @@ import { TrickleError } from "../errors.ts";
 import type { RefreshFacts } from "../events.ts";
 import { nextDueAfter } from "../schedule.ts";
 import { applyFull } from "./full.ts";
-import { applyDifferential } from "./differential.ts";
+import { applyDifferential } from "./differential/differential.ts";
 
 export type Initiator = "CREATE" | "SCHEDULER" | "MANUAL";
 export type Action = "FULL" | "DIFFERENTIAL" | "NO_DATA";

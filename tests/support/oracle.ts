@@ -7,9 +7,9 @@
 import type postgres from "postgres";
 import { deltaStats, installCapture } from "../../engine/cdc.ts";
 import { describeQuery } from "../../engine/query.ts";
-import { applyDifferential, planQuery } from "../../engine/refresh/differential.ts";
+import { applyDifferential, planQuery } from "../../engine/refresh/differential/differential.ts";
 import { applyFull } from "../../engine/refresh/full.ts";
-import type { QueryPlan } from "../../engine/refresh/plan.ts";
+import type { QueryPlan } from "../../engine/plan.ts";
 import { quoteIdent } from "../../db/identifiers.ts";
 import { findStreamTable } from "../../engine/catalog.ts";
 import { TrickleError } from "../../engine/errors.ts";
@@ -95,7 +95,7 @@ export class StreamTableUnderTest {
       // Stream tables as sources: their engine-maintained key stands in for a primary key.
       if (opts.streamTableSources?.includes(s.name)) s.primaryKey = ["__pgt_row_id"];
     }
-    const plan = await planQuery(sql as never, { query: opts.query, description, requested: opts.mode });
+    const plan = await planQuery(sql as never, { query: opts.query, description });
     if (opts.mode === "DIFFERENTIAL" && plan.unsupportedReason !== null) {
       throw new Error(`Query not supported DIFFERENTIAL: ${plan.unsupportedReason}\n${opts.query}`);
     }

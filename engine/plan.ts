@@ -2,8 +2,9 @@
  * The contract between query analysis, the FULL refresh and the differential engine.
  *
  * `describeQuery` (engine/query.ts) asks PostgreSQL what a defining query reads and returns; the differential
- * planner (engine/refresh/differential.ts) turns that into a `QueryPlan`. A plan is JSON and is stored in the
- * catalog (`pgt_stream_tables.plan`), so a refresh never re-parses the query.
+ * planner (engine/refresh/differential/) turns that into a `QueryPlan`. A plan is JSON and is stored in the catalog
+ * (`pgt_stream_tables.plan`), so a refresh never re-parses the query. These types sit at the engine's top level so
+ * every layer (catalog, change capture, refresh) uses them without importing from the refresh engine.
  */
 
 /** A column as PostgreSQL reports it: name and type as `format_type` prints it. */
@@ -30,6 +31,8 @@ export interface SourceRef {
 export interface QueryDescription {
   columns: Column[];
   sources: SourceRef[];
+  /** The query's parse tree (libpg-query's SelectStmt): planning reads it rather than parse the query again. */
+  tree: Record<string, unknown>;
 }
 
 /** How a stream table is stored and refreshed. */

@@ -22,8 +22,8 @@
  * is outside the rule, as it is for PostgreSQL's own indexes. Casts between types are not checked (their functions
  * are settings-dependent at most, apart from text to regclass and the like).
  */
-import type { Sql, Tx } from "../../db/pool.ts";
-import { child, funcName, list, names, type Node, walk } from "./parse_tree.ts";
+import type { Sql, Tx } from "../../../db/pool.ts";
+import { child, funcName, list, names, type Node, walk } from "./query_reading.ts";
 
 /** What the functions a query calls allow; names are shown as `name()` or as the SQL keyword. */
 export interface FunctionFacts {

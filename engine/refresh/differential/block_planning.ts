@@ -1,0 +1,342 @@
+/**
+ * Planning one block: a simple SELECT (the whole query, or one UNION ALL branch). Its clauses are cut from the
+ * query's text at token boundaries and its table references become slots that a refresh fills with the table, its
+ * delta, or its state at the frontier (delta_sql.ts); then the block gets its strategy.
+ */
+import type { Sql, Tx } from "../../../db/pool.ts";
+import { quoteIdent, quoteQualified } from "../../../db/identifiers.ts";
+import type { QueryDescription } from "../../plan.ts";
+import { type BlockData, type RefData, type Segment, type SourceData, unsupported } from "./diff_plan.ts";
+import type { FunctionFacts } from "./functions.ts";
+import { child, CLAUSE_END, funcName, list, names, type Node, type QueryText, walk } from "./query_reading.ts";
+import { algebraicPlan } from "./strategies/algebraic.ts";
+
+export interface BlockInput {
+  text: QueryText;
+  leaf: Node;
+  description: QueryDescription;
+  /** The plan's sources so far; a reference to a new table adds it. */
+  sources: SourceData[];
+  facts: FunctionFacts;
+  branch: number;
+}
+
+/** A table reference's exposed name and its column names (aliases applied), quoted. */
+interface RefColumns {
+  exposed: string;
+  columns: string[];
+}
+
+/** The clauses of a block, cut from the query text. */
+interface Clauses {
+  /** Token index of the first select-list item and of FROM. */
+  firstTarget: number;
+  fromKw: number;
+  from: Segment[];
+  where: string | null;
+  groupBy: string | null;
+  /** GROUP BY items as token ranges. */
+  groupItems: [number, number][];
+  having: string | null;
+}
+
+/** Plans one simple SELECT: its references, clauses, outputs, grouping, and strategy. */
+export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<BlockData> {
+  const { text, leaf, facts } = input;
+  const { fromClause, distinct } = checkBlock(leaf);
+  const { rangeVars, refs, refColumns, usingJoin } = await tableReferences(sql, { fromClause, input });
+  const clauses = cutClauses(text, { leaf, rangeVars });
+  const { targets, targetNodes } = outputExpressions(text, { leaf, clauses, refColumns, usingJoin });
+  const targetList = list(leaf, "targetList");
+  const aggregated = list(leaf, "groupClause").length > 0 || clauses.having !== null ||
+    hasAggregate(targetList, facts);
+  if (distinct && aggregated) unsupported("DISTINCT together with aggregates");
+  const grouping = groupKeys(text, { leaf, clauses, refColumns, targets, targetNodes, distinct });
+  const block: BlockData = {
+    strategy: "rows",
+    refs,
+    from: clauses.from,
+    where: clauses.where,
+    targets,
+    groupKeys: grouping.keys,
+    groupBy: grouping.groupBy,
+    having: clauses.having,
+    distinct,
+    branch: input.branch,
+    algebraic: null,
+  };
+  if (aggregated || distinct) {
+    // Grouped UNION ALL branches share the storage's columns, which have no room for per-branch state.
+    const alg = input.branch === 0
+      ? algebraicPlan({ text, targetNodes, groupNodes: grouping.nodes, distinct, columns: input.description.columns })
+      : null;
+    block.strategy = alg !== null && clauses.having === null ? "algebraic" : "recompute";
+    block.algebraic = block.strategy === "algebraic" ? alg : null;
+  }
+  return block;
+}
+
+/** Refuses what a block may not contain; returns its FROM list and whether it is DISTINCT. */
+function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean } {
+  if (list(leaf, "valuesLists").length > 0) unsupported("VALUES");
+  if (list(leaf, "windowClause").length > 0) unsupported("WINDOW clause");
+  if (leaf["intoClause"] !== undefined) unsupported("SELECT INTO");
+  const fromClause = list(leaf, "fromClause");
+  if (fromClause.length === 0) unsupported("a SELECT without FROM");
+  const distinctClause = leaf["distinctClause"] as unknown[] | undefined;
+  const distinct = distinctClause !== undefined;
+  if (distinct && distinctClause.some((d) => d !== null && Object.keys(d as object).length > 0)) {
+    unsupported("DISTINCT ON");
+  }
+  checkConstructs(leaf);
+  return { fromClause, distinct };
+}
+
+/** The block's table references in text order, each resolved to a source. */
+async function tableReferences(
+  sql: Sql | Tx,
+  args: { fromClause: Node[]; input: BlockInput },
+): Promise<{ rangeVars: Node[]; refs: RefData[]; refColumns: RefColumns[]; usingJoin: boolean }> {
+  const rangeVars: Node[] = [];
+  let usingJoin = false;
+  walk(args.fromClause, (kind, node) => {
+    if (kind === "RangeVar") rangeVars.push(node);
+    if (kind === "JoinExpr" && (node["isNatural"] === true || list(node, "usingClause").length > 0)) usingJoin = true;
+  });
+  rangeVars.sort((a, b) => Number(a["location"]) - Number(b["location"]));
+  const refs: RefData[] = [];
+  const refColumns: RefColumns[] = [];
+  for (const rv of rangeVars) {
+    const r = await resolveRef(sql, rv, args.input);
+    refs.push(r.ref);
+    refColumns.push({ exposed: r.ref.exposed, columns: r.columns });
+  }
+  return { rangeVars, refs, refColumns, usingJoin };
+}
+
+/** Cuts FROM, WHERE, GROUP BY and HAVING out of the query text at the scanner's tokens. */
+function cutClauses(text: QueryText, args: { leaf: Node; rangeVars: Node[] }): Clauses {
+  const { leaf, rangeVars } = args;
+  const targetList = list(leaf, "targetList");
+  const firstTarget = text.tokenAt(Number(child(targetList[0], "ResTarget")!["location"]));
+  const fromKw = text.clauseEnd(firstTarget, new Set(["from"]));
+  if (!text.isKeyword(fromKw, "from")) unsupported("query shape not recognised (FROM not found)");
+  const fromEnd = text.clauseEnd(fromKw + 1, CLAUSE_END);
+  const from = fromSegments(text, fromKw + 1, fromEnd, rangeVars);
+  let cursor = fromEnd;
+  let where: string | null = null;
+  if (leaf["whereClause"] !== undefined) {
+    if (!text.isKeyword(cursor, "where")) unsupported("query shape not recognised (WHERE)");
+    const end = text.clauseEnd(cursor + 1, CLAUSE_END);
+    where = text.range(cursor + 1, end);
+    cursor = end;
+  }
+  let groupBy: string | null = null;
+  let groupItems: [number, number][] = [];
+  if (list(leaf, "groupClause").length > 0) {
+    if (!text.isKeyword(cursor, "group") || !text.isKeyword(cursor + 1, "by")) {
+      unsupported("query shape not recognised (GROUP BY)");
+    }
+    if (text.isKeyword(cursor + 2, "distinct") || text.isKeyword(cursor + 2, "all")) {
+      unsupported("GROUP BY ALL/DISTINCT");
+    }
+    const end = text.clauseEnd(cursor + 2, CLAUSE_END);
+    groupBy = text.range(cursor + 2, end);
+    groupItems = text.splitCommas(cursor + 2, end);
+    cursor = end;
+  }
+  let having: string | null = null;
+  if (leaf["havingClause"] !== undefined) {
+    if (!text.isKeyword(cursor, "having")) unsupported("query shape not recognised (HAVING)");
+    const end = text.clauseEnd(cursor + 1, CLAUSE_END);
+    having = text.range(cursor + 1, end);
+  }
+  return { firstTarget, fromKw, from, where, groupBy, groupItems, having };
+}
+
+/** The output expressions, `*` expanded and aliases removed, with their parse nodes (null for an expanded `*`). */
+function outputExpressions(
+  text: QueryText,
+  args: { leaf: Node; clauses: Clauses; refColumns: RefColumns[]; usingJoin: boolean },
+): { targets: string[]; targetNodes: (Node | null)[] } {
+  const { leaf, clauses, refColumns, usingJoin } = args;
+  const targetList = list(leaf, "targetList");
+  const items = text.splitCommas(clauses.firstTarget, clauses.fromKw);
+  if (items.length !== targetList.length) unsupported("query shape not recognised (select list)");
+  const targets: string[] = [];
+  const targetNodes: (Node | null)[] = [];
+  for (const [i, [a, b]] of items.entries()) {
+    const rt = child(targetList[i], "ResTarget")!;
+    const val = child(rt, "val");
+    const star = starOf(val);
+    if (star !== null) {
+      if (star.relation === null && usingJoin) unsupported("SELECT * over a join with USING or NATURAL");
+      const expanded = refColumns.filter((r) => star.relation === null || r.exposed === quoteIdent(star.relation));
+      if (expanded.length === 0) unsupported("query shape not recognised (*)");
+      for (const r of expanded) {
+        for (const c of r.columns) {
+          targets.push(`${r.exposed}.${c}`);
+          targetNodes.push(null);
+        }
+      }
+      continue;
+    }
+    let end = b;
+    if (rt["name"] !== undefined) {
+      end = b - 1;
+      if (text.isKeyword(end - 1, "as")) end--;
+    }
+    targets.push(text.range(a, end));
+    targetNodes.push(val ?? null);
+  }
+  return { targets, targetNodes };
+}
+
+/** Grouping keys with ordinals and output aliases resolved (DISTINCT: the outputs), their nodes, and GROUP BY. */
+function groupKeys(
+  text: QueryText,
+  args: {
+    leaf: Node;
+    clauses: Clauses;
+    refColumns: RefColumns[];
+    targets: string[];
+    targetNodes: (Node | null)[];
+    distinct: boolean;
+  },
+): { keys: string[]; nodes: unknown[]; groupBy: string | null } {
+  const { leaf, clauses, refColumns, targets, targetNodes } = args;
+  const groupClause = list(leaf, "groupClause");
+  const targetList = list(leaf, "targetList");
+  const nodes: unknown[] = [];
+  if (groupClause.length === 0) return { keys: args.distinct ? [...targets] : [], nodes, groupBy: clauses.groupBy };
+  if (clauses.groupItems.length !== groupClause.length) unsupported("query shape not recognised (GROUP BY list)");
+  const sourceColumns = new Set(refColumns.flatMap((r) => r.columns));
+  const keys = groupClause.map((g, i) => {
+    const [a, b] = clauses.groupItems[i]!;
+    const ordinal = child(child(g, "A_Const"), "ival");
+    if (ordinal !== undefined) {
+      // GROUP BY n names the n-th output column.
+      const n = Number(ordinal["ival"]);
+      const t = targets[n - 1];
+      if (t === undefined || targetNodes[n - 1] === null) unsupported(`GROUP BY position ${n}`);
+      nodes.push(targetNodes[n - 1]);
+      return t;
+    }
+    // A bare name is an input column first, else an output column's alias (PostgreSQL's rule).
+    const fields = names(list(child(g, "ColumnRef"), "fields"));
+    if (fields.length === 1 && !sourceColumns.has(quoteIdent(fields[0]!))) {
+      const idx = targetList.findIndex((t) => child(t, "ResTarget")?.["name"] === fields[0]);
+      if (idx >= 0 && targets.length === targetList.length) {
+        nodes.push(targetNodes[idx]);
+        return targets[idx]!;
+      }
+    }
+    nodes.push(g);
+    return text.range(a, b);
+  });
+  // Regenerated from the resolved keys: the generated selects do not keep output aliases.
+  return { keys, nodes, groupBy: keys.join(", ") };
+}
+
+const REFUSED_NODES: Record<string, string> = {
+  SubLink: "subquery in an expression",
+  RangeSubselect: "subquery in FROM",
+  RangeFunction: "function in FROM",
+  RangeTableSample: "TABLESAMPLE",
+  RangeTableFunc: "XMLTABLE in FROM",
+  GroupingSet: "GROUPING SETS, ROLLUP or CUBE",
+  GroupingFunc: "GROUPING SETS, ROLLUP or CUBE",
+};
+
+function checkConstructs(leaf: Node): void {
+  walk(leaf, (kind, node) => {
+    const refused = REFUSED_NODES[kind];
+    if (refused !== undefined) unsupported(refused);
+    if (kind === "JoinExpr") {
+      const jt = String(node["jointype"]);
+      if (jt !== "JOIN_INNER") {
+        const name = { JOIN_LEFT: "LEFT", JOIN_RIGHT: "RIGHT", JOIN_FULL: "FULL" }[jt] ?? jt;
+        unsupported(`outer join (${name} JOIN)`);
+      }
+      if (node["alias"] !== undefined) unsupported("an aliased join");
+    } else if (kind === "RangeVar" && node["inh"] !== true) {
+      unsupported("ONLY");
+    } else if (kind === "FuncCall" && node["over"] !== undefined) {
+      unsupported(`window function ${funcName(node).name}()`);
+    }
+  });
+}
+
+function starOf(val: Node | undefined): { relation: string | null } | null {
+  const fields = list(child(val, "ColumnRef"), "fields");
+  if (fields.length === 0 || child(fields.at(-1), "A_Star") === undefined) return null;
+  if (fields.length === 1) return { relation: null };
+  if (fields.length === 2) return { relation: String(child(fields[0], "String")?.["sval"]) };
+  unsupported("schema-qualified *");
+}
+
+function hasAggregate(targetList: Node[], facts: FunctionFacts): boolean {
+  let found = false;
+  walk(targetList, (kind, node) => {
+    if (kind !== "FuncCall") return;
+    const f = funcName(node);
+    if (facts.aggregates.has(`${f.schema ?? ""}.${f.name}`)) found = true;
+  });
+  return found;
+}
+
+async function resolveRef(
+  sql: Sql | Tx,
+  rv: Node,
+  input: BlockInput,
+): Promise<{ ref: RefData; columns: string[] }> {
+  const schema = rv["schemaname"] as string | undefined;
+  const relname = String(rv["relname"]);
+  if (rv["catalogname"] !== undefined) unsupported("a database-qualified table name");
+  const qualified = schema === undefined ? quoteIdent(relname) : `${quoteIdent(schema)}.${quoteIdent(relname)}`;
+  const [row] = await sql<{ relid: number | null }[]>`SELECT pg_catalog.to_regclass(${qualified})::oid::int8 AS relid`;
+  const source = input.description.sources.find((s) => row?.relid !== null && Number(s.relid) === Number(row?.relid));
+  if (source === undefined) unsupported(`"${relname}" is not a source table (a view or a WITH query)`);
+  if (source.primaryKey.length === 0) {
+    unsupported(`source without primary key (${source.schema}.${source.name})`);
+  }
+  let index = input.sources.findIndex((s) => s.relid === Number(source.relid));
+  if (index < 0) {
+    index = input.sources.length;
+    input.sources.push({
+      relid: Number(source.relid),
+      table: quoteQualified(source),
+      buffer: `pgtrickle_changes.${quoteIdent(source.bufferTable)}`,
+      columns: source.columns.map((c) => quoteIdent(c.name)),
+      key: source.primaryKey.map(quoteIdent),
+    });
+  }
+  const alias = child(rv, "alias");
+  const aliasColumns = names(list(alias, "colnames"));
+  const exposedName = alias !== undefined ? String(alias["aliasname"]) : relname;
+  const exposed = quoteIdent(exposedName);
+  // Column aliases rename the table's columns by position.
+  const columns = source.columns.map((c, i) => quoteIdent(aliasColumns[i] ?? c.name));
+  const key = source.primaryKey.map((k) => {
+    const pos = source.columns.findIndex((c) => c.name === k);
+    return `${exposed}.${columns[pos] ?? quoteIdent(k)}`;
+  });
+  return { ref: { source: index, exposed, aliasSuffix: alias === undefined ? ` AS ${exposed}` : "", key }, columns };
+}
+
+/** The FROM clause as text with a slot for each table reference's name. */
+function fromSegments(text: QueryText, a: number, b: number, rangeVars: Node[]): Segment[] {
+  const out: Segment[] = [];
+  let pos = text.tokens[a]?.start ?? 0;
+  const end = b > a ? text.tokens[b - 1]!.end : pos;
+  for (const [i, rv] of rangeVars.entries()) {
+    const first = text.tokenAt(Number(rv["location"]));
+    let last = first;
+    while (text.tokens[last + 1]?.text === "." && text.tokens[last + 2] !== undefined) last += 2;
+    out.push(text.slice(pos, text.tokens[first]!.start));
+    out.push(i);
+    pos = text.tokens[last]!.end;
+  }
+  out.push(text.slice(pos, end));
+  return out;
+}

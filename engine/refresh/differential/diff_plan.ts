@@ -1,0 +1,88 @@
+/**
+ * The differential plan: what planning decides and a refresh reads (the `differential` field of a QueryPlan). It is
+ * JSON, stored in the catalog; SQL is assembled from its pieces at refresh time.
+ */
+/** A piece of FROM text: literal SQL, or the index of a table reference to fill in. */
+export type Segment = string | number;
+
+export interface RefData {
+  /** Index into DiffPlan.sources. */
+  source: number;
+  /** The name exposed to the rest of the query (alias or relation name), quoted. */
+  exposed: string;
+  /** SQL appended after a substituted subquery when the reference had no alias (`AS "name"`), else "". */
+  aliasSuffix: string;
+  /** The reference's primary-key columns, qualified by the exposed name. */
+  key: string[];
+}
+
+export interface BlockData {
+  strategy: "rows" | "algebraic" | "recompute";
+  refs: RefData[];
+  from: Segment[];
+  where: string | null;
+  /** Output expressions, `*` expanded, aliases removed. */
+  targets: string[];
+  /** Grouping expressions with ordinals and output aliases resolved (DISTINCT: the targets); [] when none. */
+  groupKeys: string[];
+  /** GROUP BY list, ordinals and aliases resolved (null: no GROUP BY). */
+  groupBy: string | null;
+  having: string | null;
+  distinct: boolean;
+  /** UNION ALL branch number (1-based), or 0 outside a UNION ALL. */
+  branch: number;
+  /** Algebraic strategy only. */
+  algebraic: AlgebraicData | null;
+}
+
+export interface AggData {
+  kind: "count_star" | "count" | "sum" | "avg";
+  arg: string | null;
+  /** Hidden columns: non-null count (sum, avg) and running sum (avg). */
+  nn: string | null;
+  sum: string | null;
+}
+
+export interface AlgebraicData {
+  global: boolean;
+  /** For each output column: the group key it shows, or the aggregate it is. */
+  outputs: ({ group: number } | { agg: number })[];
+  aggs: AggData[];
+}
+
+export interface SourceData {
+  relid: number;
+  /** Quoted qualified table name. */
+  table: string;
+  /** Quoted qualified change buffer. */
+  buffer: string;
+  /** Quoted column names, in table order. */
+  columns: string[];
+  /** Quoted primary-key (or unique key) columns. */
+  key: string[];
+}
+
+/** The `differential` field of a QueryPlan the planner produces. */
+export interface DiffPlan {
+  version: 1;
+  sources: SourceData[];
+  blocks: BlockData[];
+  /** Quoted visible columns, then their types (for casts in generated SQL). */
+  columns: string[];
+  types: string[];
+  /** Visible columns whose type has no equality operator: consolidated by their text form. */
+  textCompared: boolean[];
+}
+
+/** The engine's row identity column on every differentially maintained stream table. */
+export const ROW_ID = "__pgt_row_id";
+/** The hidden per-group row count of an algebraic stream table. */
+export const COUNT = "__pgt_count";
+
+/** A construct the planner does not maintain differentially; the message names it. */
+export class Unsupported extends Error {}
+
+/** Refuses the query for differential maintenance, naming the construct. */
+export function unsupported(reason: string): never {
+  throw new Unsupported(reason);
+}

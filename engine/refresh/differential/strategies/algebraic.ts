@@ -1,0 +1,186 @@
+/**
+ * The algebraic strategy: GROUP BY (or a global aggregate, or DISTINCT) whose outputs are group keys, count, and
+ * sum/avg over integer or numeric. Per-group counts and sums of the delta are added to hidden state columns, so no
+ * group is ever recomputed from its sources.
+ */
+import { quoteIdent } from "../../../../db/identifiers.ts";
+import type { Column } from "../../../plan.ts";
+import type { AggData, AlgebraicData, BlockData, DiffPlan } from "../diff_plan.ts";
+import { COUNT, ROW_ID } from "../diff_plan.ts";
+import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom } from "../delta_sql.ts";
+import { child, funcName, list, type Node, type QueryText, shape } from "../query_reading.ts";
+import type { Strategy } from "./strategy.ts";
+
+export const algebraic: Strategy = {
+  fullSelect: (block, plan) => {
+    const alg = block.algebraic!;
+    const hidden: string[] = [];
+    for (const a of alg.aggs) {
+      if (a.sum !== null) hidden.push(`coalesce(pg_catalog.sum(${a.arg}), 0)`);
+      if (a.nn !== null) hidden.push(`pg_catalog.count(${a.arg})`);
+    }
+    const group = block.distinct
+      ? ` GROUP BY ${block.targets.map((_, i) => i + 1).join(", ")}`
+      : (block.groupBy !== null ? ` GROUP BY ${block.groupBy}` : "");
+    return `SELECT ${block.targets.join(", ")}, ${groupRowId(block, block.groupKeys)}, pg_catalog.count(*)` +
+      `${hidden.map((h) => `, ${h}`).join("")} ${fromWhere(plainFrom(block, plan), block.where)}${group}`;
+  },
+  changeQueries: (block, plan, deltas) => [algebraicChanges(block, plan, deltas)],
+  writeStatement: (block, plan, { target, deltas }) => applyAlgebraic(plan, block, target, deltas),
+};
+
+/** The hidden state columns an algebraic stream table keeps, in the order fullSelect yields them. */
+export function algebraicHiddenColumns(alg: AlgebraicData): Column[] {
+  const hidden: Column[] = [{ name: COUNT, type: "bigint" }];
+  for (const a of alg.aggs) {
+    if (a.sum !== null) hidden.push({ name: a.sum, type: "numeric" });
+    if (a.nn !== null) hidden.push({ name: a.nn, type: "bigint" });
+  }
+  return hidden;
+}
+
+/** The algebraic form of a grouped block, or null when an output is not a group key, count, or exact sum/avg. */
+export function algebraicPlan(args: {
+  text: QueryText;
+  targetNodes: (Node | null)[];
+  groupNodes: unknown[];
+  distinct: boolean;
+  /** The query's output columns (their types decide which sums are exact). */
+  columns: Column[];
+}): AlgebraicData | null {
+  const { text, targetNodes, groupNodes, distinct, columns } = args;
+  const groupShapes = groupNodes.map(shape);
+  const outputs: AlgebraicData["outputs"] = [];
+  const aggs: AggData[] = [];
+  for (const [i, node] of targetNodes.entries()) {
+    if (node === null) {
+      if (!distinct) return null;
+      outputs.push({ group: i });
+      continue;
+    }
+    if (distinct) {
+      outputs.push({ group: i });
+      continue;
+    }
+    const g = groupShapes.indexOf(shape(node));
+    if (g >= 0) {
+      outputs.push({ group: g });
+      continue;
+    }
+    const call = child(node, "FuncCall");
+    if (call === undefined) return null;
+    const f = funcName(call);
+    if (f.schema !== null && f.schema !== "pg_catalog") return null;
+    if (
+      call["agg_filter"] !== undefined || list(call, "agg_order").length > 0 || call["agg_distinct"] === true ||
+      call["func_variadic"] === true
+    ) return null;
+    const type = columns[i]!.type;
+    const args = list(call, "args");
+    const n = aggs.length + 1;
+    let agg: AggData;
+    if (f.name === "count" && call["agg_star"] === true) agg = { kind: "count_star", arg: null, nn: null, sum: null };
+    else if (args.length !== 1) return null;
+    else if (f.name === "count") agg = { kind: "count", arg: argText(text, call), nn: null, sum: null };
+    else if (f.name === "sum" && (type === "bigint" || type === "numeric")) {
+      agg = { kind: "sum", arg: argText(text, call), nn: `__pgt_nn_${n}`, sum: null };
+    } else if (f.name === "avg" && type === "numeric") {
+      agg = { kind: "avg", arg: argText(text, call), nn: `__pgt_nn_${n}`, sum: `__pgt_sum_${n}` };
+    } else return null;
+    outputs.push({ agg: aggs.length });
+    aggs.push(agg);
+  }
+  return { global: groupNodes.length === 0 && !distinct, outputs, aggs };
+}
+
+/** The text between an aggregate call's parentheses. */
+function argText(text: QueryText, call: Node): string {
+  const at = text.tokenAt(Number(call["location"]));
+  let open = at;
+  while (open < text.tokens.length && text.tokens[open]!.text !== "(") open++;
+  const close = text.matchParen(open) - 1;
+  return text.range(open + 1, close);
+}
+
+/** Per-group sums of an algebraic block's delta: row id, group keys, count change, per aggregate nn and sum. */
+function algebraicChanges(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
+  const alg = block.algebraic!;
+  const terms = deltaTerms(block, plan, deltas, (w) => {
+    const cols = [
+      ...block.groupKeys.map((g, i) => `(${g}) AS "g${i}"`),
+      ...alg.aggs.map((a, i) => (a.arg === null ? `NULL::int AS "a${i}"` : `(${a.arg}) AS "a${i}"`)),
+    ];
+    return `${cols.join(", ")}${cols.length > 0 ? ", " : ""}${w} AS w`;
+  });
+  const keys = block.groupKeys.map((_, i) => `"g${i}"`);
+  const sums = alg.aggs.flatMap((a, i) =>
+    a.kind === "count_star" ? [] : [
+      `coalesce(pg_catalog.sum(w * ("a${i}" IS NOT NULL)::int), 0) AS "nn${i}"`,
+      ...(a.kind === "count" ? [] : [`coalesce(pg_catalog.sum(w * "a${i}"), 0) AS "s${i}"`]),
+    ]
+  );
+  const rid = keys.length === 0 ? "0::int8" : `pg_catalog.hash_record_extended(ROW(${keys.join(", ")}), 0)`;
+  return `SELECT ${rid} AS rid, ${[...keys, "coalesce(pg_catalog.sum(w), 0) AS dc", ...sums].join(", ")} ` +
+    `FROM (${terms.join("\nUNION ALL\n")}) d${keys.length > 0 ? ` GROUP BY ${keys.join(", ")}` : ""}`;
+}
+
+/**
+ * One statement: per-group sums of the delta, then groups whose count reaches 0 deleted, others updated by adding,
+ * new ones inserted. The parts touch disjoint rows, so they can share the statement's snapshot.
+ */
+function applyAlgebraic(plan: DiffPlan, block: BlockData, target: string, deltas: Deltas): string {
+  const alg = block.algebraic!;
+  const count = quoteIdent(COUNT);
+  // New state of each column, from the old row `st` (null for a new group) and the change row `d`.
+  const fresh = (old: (c: string) => string) => {
+    const set: [string, string][] = [[count, `${old(count)} + d.dc`]];
+    for (const [i, a] of alg.aggs.entries()) {
+      if (a.nn !== null) set.push([quoteIdent(a.nn), `${old(quoteIdent(a.nn))} + d."nn${i}"`]);
+      if (a.sum !== null) set.push([quoteIdent(a.sum), `${old(quoteIdent(a.sum))} + d."s${i}"`]);
+    }
+    alg.outputs.forEach((o, c) => {
+      if ("group" in o) return;
+      const col = plan.columns[c]!;
+      const a = alg.aggs[o.agg]!;
+      const i = o.agg;
+      const nnNew = a.nn === null ? "" : `${old(quoteIdent(a.nn))} + d."nn${i}"`;
+      if (a.kind === "count_star") set.push([col, `${old(count)} + d.dc`]);
+      else if (a.kind === "count") set.push([col, `${old(col)} + d."nn${i}"`]);
+      else if (a.kind === "sum") set.push([col, `CASE WHEN ${nnNew} = 0 THEN NULL ELSE ${old(col)} + d."s${i}" END`]);
+      else {
+        set.push([
+          col,
+          `CASE WHEN ${nnNew} = 0 THEN NULL ELSE (${old(quoteIdent(a.sum!))} + d."s${i}") / (${nnNew})::numeric END`,
+        ]);
+      }
+    });
+    return set;
+  };
+  const changed = [
+    "d.dc <> 0",
+    ...alg.aggs.flatMap((a, i) =>
+      a.kind === "count_star" ? [] : [`d."nn${i}" <> 0`, ...(a.kind === "count" ? [] : [`d."s${i}" <> 0`])]
+    ),
+  ].join(" OR ");
+  const updates = fresh((c) => `coalesce(st.${c}, 0)`);
+  const groupCols: [string, string][] = [];
+  alg.outputs.forEach((o, c) => {
+    if ("group" in o) groupCols.push([plan.columns[c]!, cast(plan, c, `d."g${o.group}"`)]);
+  });
+  const inserts = [...groupCols, [ROW_ID, "d.rid"] as [string, string], ...fresh(() => "0")];
+  const del = alg.global ? "SELECT 1 WHERE false" : `DELETE FROM ${target} st USING d
+      WHERE st.${ROW_ID} = d.rid AND st.${count} + d.dc = 0 RETURNING 1`;
+  return `WITH d AS MATERIALIZED (${algebraicChanges(block, plan, deltas)}),
+    del AS (${del}),
+    upd AS (
+      UPDATE ${target} st SET ${updates.map(([c, e]) => `${c} = ${e}`).join(", ")}
+      FROM d WHERE st.${ROW_ID} = d.rid AND (${changed})${alg.global ? "" : ` AND st.${count} + d.dc <> 0`}
+      RETURNING false AS fresh),
+    ins AS (
+      INSERT INTO ${target} (${inserts.map(([c]) => c).join(", ")})
+      SELECT ${inserts.map(([, e]) => e).join(", ")} FROM d
+      WHERE ${alg.global ? "true" : "d.dc > 0"} AND NOT EXISTS (SELECT 1 FROM ${target} st WHERE st.${ROW_ID} = d.rid)
+      RETURNING true AS fresh),
+    up AS (SELECT fresh FROM upd UNION ALL SELECT fresh FROM ins)
+    ${COUNTS}`;
+}
