@@ -1,22 +1,21 @@
 /**
  * The oracle (DESIGN.md section 7): after every refresh a stream table equals its defining query's result as a
- * multiset. A `StreamTableUnderTest` is created and refreshed with the engine's own pieces (describeQuery, planQuery,
- * installCapture, applyFull, applyDifferential) and checks itself inside each refresh transaction, so the comparison
- * sees exactly the snapshot the refresh saw, concurrent writers or not.
+ * multiset. An `OracleEngine` is a real engine over a fresh database; its stream tables are created with
+ * createStreamTable and refreshed with refreshStreamTable, the production path (the refresh decision, per-source
+ * change counts, source checks, history), and every refresh checks the oracle from the engine's committing hook:
+ * inside the refresh transaction, so the comparison sees exactly the snapshot the refresh saw, concurrent writers or
+ * not, and a mismatch rolls the refresh back.
  */
 import type postgres from "postgres";
-import { deltaStats, installCapture } from "../../engine/cdc.ts";
-import { describeQuery } from "../../engine/query.ts";
-import { applyDifferential, planQuery } from "../../engine/refresh/differential/differential.ts";
-import { applyFull } from "../../engine/refresh/full.ts";
-import type { QueryPlan } from "../../engine/plan.ts";
 import { quoteIdent } from "../../db/identifiers.ts";
 import { findStreamTable } from "../../engine/catalog.ts";
+import type { DatabaseContext } from "../../engine/context.ts";
 import { TrickleError } from "../../engine/errors.ts";
-import { refreshStreamTable } from "../../engine/refresh/refresh.ts";
+import type { QueryPlan } from "../../engine/plan.ts";
+import { type Action, refreshStreamTable } from "../../engine/refresh/refresh.ts";
 import { createStreamTable } from "../../engine/stream_tables.ts";
 import { freshDatabase } from "./db.ts";
-import { startTestService } from "./service.ts";
+import { startTestService, type TestService, type TestServiceOptions } from "./service.ts";
 
 export type Sql = postgres.Sql;
 export type Tx = postgres.TransactionSql;
@@ -72,83 +71,87 @@ export type Mode = "FULL" | "DIFFERENTIAL";
 /** A mismatch between a stream table and its query; the message says which rows differ. */
 export class OracleMismatch extends Error {}
 
-/** A stream table kept by the engine's refresh functions in a test, checking the oracle on every refresh. */
+/** An engine over a fresh database whose refreshes of the stream tables under test check the oracle. */
+export class OracleEngine {
+  /** Stream tables under test, by qualified name: their defining query. */
+  readonly #queries = new Map<string, string>();
+  private constructor(readonly service: TestService, readonly ctx: DatabaseContext, readonly sql: Sql) {}
+
+  /** Starts the engine (its scheduler stays off: tests refresh) and hooks the oracle into every refresh. */
+  static async start(options: TestServiceOptions = {}): Promise<OracleEngine> {
+    const service = await startTestService(options);
+    const ctx = service.engine.db();
+    const oracle = new OracleEngine(service, ctx, service.db.sql as unknown as Sql);
+    ctx.events.onRefreshCommitting(async (tx, facts) => {
+      const query = oracle.#queries.get(facts.stream_table);
+      if (query === undefined) return;
+      const [row] = await tx<{ plan: QueryPlan; name: string }[]>`
+        SELECT plan, pgt_name AS name FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ${facts.pgt_id}`;
+      await assertSameContent(tx as unknown as Tx, row!.name, row!.plan, query);
+    });
+    return oracle;
+  }
+
+  /** Checks the oracle on every refresh of `public.<name>` from now on. */
+  watch(name: string, query: string): void {
+    this.#queries.set(`public.${name}`, query);
+  }
+
+  close(): Promise<void> {
+    return this.service.close();
+  }
+}
+
+/** One refresh as the engine reported it. */
+export interface RefreshRecord {
+  action: Action;
+  inserted: number;
+  deleted: number;
+  deltaRows: number;
+}
+
+/** A stream table created and refreshed by the engine, checking the oracle on every refresh (in public). */
 export class StreamTableUnderTest {
-  frontier: string | null = null;
-  refreshes: { action: string; inserted: number; deleted: number; deltaRows: number }[] = [];
+  refreshes: RefreshRecord[] = [];
   private constructor(
-    readonly sql: Sql,
+    readonly oracle: OracleEngine,
+    readonly pgtId: number,
     readonly name: string,
     readonly query: string,
     readonly mode: Mode,
     readonly plan: QueryPlan,
-    readonly sourceRelids: number[],
   ) {}
 
-  /** Plans, creates storage, installs capture, and runs the initial FULL refresh. */
+  /** Creates the stream table through the engine (its initial refresh checked too); DIFFERENTIAL must be granted. */
   static async create(
-    sql: Sql,
-    opts: { name: string; query: string; mode: Mode; streamTableSources?: string[] },
+    oracle: OracleEngine,
+    opts: { name: string; query: string; mode: Mode },
   ): Promise<StreamTableUnderTest> {
-    const description = await describeQuery(sql as never, opts.query);
-    for (const s of description.sources) {
-      // Stream tables as sources: their engine-maintained key stands in for a primary key.
-      if (opts.streamTableSources?.includes(s.name)) s.primaryKey = ["__pgt_row_id"];
+    oracle.watch(opts.name, opts.query);
+    const row = await createStreamTable(oracle.ctx, {
+      name: { schema: "public", name: opts.name },
+      query: opts.query,
+      schedule: "1h",
+      refreshMode: opts.mode,
+      freshnessDeadlineMs: null,
+    });
+    if (row.effective_refresh_mode !== opts.mode) {
+      throw new Error(`"${opts.name}" is ${row.effective_refresh_mode}, not ${opts.mode}: ${row.fallback_reason}`);
     }
-    const plan = await planQuery(sql as never, { query: opts.query, description });
-    if (opts.mode === "DIFFERENTIAL" && plan.unsupportedReason !== null) {
-      throw new Error(`Query not supported DIFFERENTIAL: ${plan.unsupportedReason}\n${opts.query}`);
-    }
-    // Round-trip through JSON, as the catalog stores it.
-    const stored = JSON.parse(JSON.stringify(plan)) as QueryPlan;
-    const cols = [...stored.columns, ...stored.hiddenColumns].map((c) => `${quoteIdent(c.name)} ${c.type}`);
-    await sql.unsafe(`CREATE TABLE ${quoteIdent(opts.name)} (${cols.join(", ")})`);
-    if (stored.uniqueKey !== null) {
-      await sql.unsafe(
-        `CREATE UNIQUE INDEX ON ${quoteIdent(opts.name)} (${stored.uniqueKey.map(quoteIdent).join(", ")})`,
-      );
-    }
-    for (const s of description.sources) await sql.begin((tx) => installCapture(tx as never, s));
-    const st = new StreamTableUnderTest(
-      sql,
-      opts.name,
-      opts.query,
-      opts.mode,
-      stored,
-      description.sources.map((s) => s.relid),
-    );
-    await st.refresh();
+    const st = new StreamTableUnderTest(oracle, row.pgt_id, opts.name, opts.query, opts.mode, row.plan);
+    const [initial] = await oracle.sql<RefreshRecord[]>`
+      SELECT action, rows_inserted::int AS inserted, rows_deleted::int AS deleted, delta_rows::int AS "deltaRows"
+      FROM pgtrickle.pgt_refresh_history WHERE pgt_id = ${row.pgt_id} AND initiated_by = 'CREATE'`;
+    st.refreshes.push({ ...initial! });
     return st;
   }
 
-  /** One refresh (FULL when there is no frontier yet, the mode is FULL, or a source was truncated), then the oracle. */
-  async refresh(): Promise<void> {
-    await this.sql.begin("isolation level repeatable read", async (tx) => {
-      const [snap] = await tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`;
-      let action: string = this.mode;
-      let deltaRows = 0;
-      if (this.frontier === null) action = "FULL";
-      else {
-        for (const relid of this.sourceRelids) {
-          const d = await deltaStats(tx as never, relid, this.frontier);
-          deltaRows += d.rows;
-          if (d.truncated) action = "FULL";
-        }
-      }
-      const target = { schema: "public", name: this.name };
-      let counts = { inserted: 0, deleted: 0, deltaRows };
-      if (action === "FULL") {
-        counts = { ...(await applyFull(tx as never, { plan: this.plan, target })), deltaRows };
-      } else {
-        counts = {
-          ...(await applyDifferential(tx as never, { plan: this.plan, target, frontier: this.frontier! })),
-          deltaRows,
-        };
-      }
-      await assertSameContent(tx, this.name, this.plan, this.query);
-      this.refreshes.push({ action, ...counts });
-      this.frontier = snap!.s;
-    });
+  /** One refresh by the engine, which decides FULL, DIFFERENTIAL or NO_DATA; the oracle is checked inside it. */
+  async refresh(): Promise<RefreshRecord> {
+    const r = await refreshStreamTable(this.oracle.ctx, this.pgtId, { initiatedBy: "MANUAL" });
+    const record = { action: r.action, inserted: r.rows_inserted, deleted: r.rows_deleted, deltaRows: r.delta_rows };
+    this.refreshes.push(record);
+    return record;
   }
 }
 
