@@ -9,6 +9,12 @@ import { isPgError, LOCK_NOT_AVAILABLE, withRetry } from "../../db/errors.ts";
 import { lockStreamTable, type StreamTableRow } from "../catalog.ts";
 import { deltaStats, pruneBuffer, tableName } from "../cdc.ts";
 import type { DatabaseContext } from "../context.ts";
+import {
+  type CostSample,
+  PREDICTION_WINDOW,
+  type RefreshCostPrediction,
+  refreshCostPrediction,
+} from "../cost_model.ts";
 import { checkSources } from "../source_check.ts";
 import { TrickleError } from "../errors.ts";
 import type { RefreshFacts } from "../events.ts";
@@ -261,25 +267,16 @@ async function decide(
   });
 }
 
-/** Medians over the last 20 successful refreshes of each kind: ms per delta row (DIFFERENTIAL) and ms (FULL). */
-async function costEstimate(tx: Tx, pgtId: number): Promise<{ msPerDeltaRow: number | null; fullMs: number | null }> {
-  const [row] = await tx<{ per_row: number | null; full_ms: number | null; n_diff: number; n_full: number }[]>`
-    WITH recent AS (
-      SELECT action, duration_ms, delta_rows,
+/** The cost model's prediction from the latest successful refreshes of each action (engine/cost_model.ts). */
+async function costEstimate(tx: Tx, pgtId: number): Promise<RefreshCostPrediction> {
+  const samples = await tx<CostSample[]>`
+    SELECT action, duration_ms, delta_rows, started_at FROM (
+      SELECT action, duration_ms, delta_rows, started_at,
         row_number() OVER (PARTITION BY action ORDER BY refresh_id DESC) AS rn
       FROM pgtrickle.pgt_refresh_history
       WHERE pgt_id = ${pgtId} AND status = 'SUCCESS' AND action IN ('FULL', 'DIFFERENTIAL')
-    )
-    SELECT
-      percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms / greatest(delta_rows, 1))
-        FILTER (WHERE action = 'DIFFERENTIAL') AS per_row,
-      percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE action = 'FULL') AS full_ms,
-      count(*) FILTER (WHERE action = 'DIFFERENTIAL')::int8 AS n_diff,
-      count(*) FILTER (WHERE action = 'FULL')::int8 AS n_full
-    FROM recent WHERE rn <= 20`;
-  // Too few samples say little: decide on the change ratio alone until there are five of each.
-  if (row === undefined || row.n_diff < 5 || row.n_full < 5) return { msPerDeltaRow: null, fullMs: null };
-  return { msPerDeltaRow: row.per_row, fullMs: row.full_ms };
+    ) recent WHERE rn <= ${PREDICTION_WINDOW}`;
+  return refreshCostPrediction(samples);
 }
 
 async function prune(ctx: DatabaseContext, sources: number[]): Promise<void> {
