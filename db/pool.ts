@@ -22,6 +22,10 @@ export function connect(url: string, options: PoolOptions = {}): Sql {
     max: options.max ?? 10,
     idle_timeout: 30,
     connect_timeout: 10,
+    // postgres.js waits longer before each reconnection after a failed one (up to 20 s), queries queued meanwhile:
+    // a request on a database that was down would hang that long after it is back, or before failing. Each query
+    // tries at once instead, and fails at once (503 DatabaseUnavailable) while the database is unreachable.
+    backoff: () => 0,
     onnotice: () => {},
     connection: { application_name: options.applicationName ?? `trickle:${Deno.pid}` },
     types: {

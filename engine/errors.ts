@@ -26,6 +26,22 @@ export function invalidName(value: string, what = "name"): TrickleError {
   );
 }
 
+/** 400: a request that contradicts itself (e.g. two different databases named). */
+export function badRequest(message: string): TrickleError {
+  return new TrickleError("BadRequest", 400, message);
+}
+
+/** 400: a name in a schema that belongs to trickle or to PostgreSQL. */
+export function reservedSchema(value: string, options: { what: string; schema: string }): TrickleError {
+  return new TrickleError(
+    "InvalidName",
+    400,
+    `Invalid ${options.what} ${JSON.stringify(value)}: schema "${options.schema}" is reserved (trickle's ` +
+      `pgtrickle and pgtrickle_changes, and PostgreSQL's pg_catalog, information_schema, pg_toast and every ` +
+      `other pg_* schema); use a schema of your own`,
+  );
+}
+
 /** 400: a schedule that is neither a duration nor a cron expression. */
 export function invalidSchedule(value: string, why: string): TrickleError {
   return new TrickleError("InvalidSchedule", 400, `Invalid schedule ${JSON.stringify(value)}: ${why}`);
@@ -46,6 +62,17 @@ export function databaseNotFound(name: string, managed: string[]): TrickleError 
     "DatabaseNotFound",
     404,
     `Database "${name}" is not managed by this service (managed: ${managed.map((d) => `"${d}"`).join(", ")})`,
+  );
+}
+
+/** 503: a managed database cannot be reached (server down, connections refused, session ended); retry later. */
+export function databaseUnavailable(name: string | undefined, reason: string): TrickleError {
+  const which = name === undefined ? "The database" : `Database "${name}"`;
+  return new TrickleError(
+    "DatabaseUnavailable",
+    503,
+    `${which} is unavailable (${reason}); retry later`,
+    name === undefined ? {} : { database: name },
   );
 }
 

@@ -26,7 +26,14 @@ export interface Creation extends AsyncDisposable {
  * without its lock.
  */
 export async function beginCreation(sql: Sql): Promise<Creation> {
-  const session = await sql.reserve();
+  const releaseSlot = await creationSlot(sql);
+  let session;
+  try {
+    session = await sql.reserve();
+  } catch (e) {
+    releaseSlot();
+    throw e;
+  }
   try {
     const [row] = await session<{ id: number }[]>`
       SELECT nextval(pg_get_serial_sequence('pgtrickle.pgt_stream_tables', 'pgt_id'))::int8 AS id`;
@@ -39,12 +46,41 @@ export async function beginCreation(sql: Sql): Promise<Creation> {
           // The connection is gone, and the lock with it.
         });
         session.release();
+        releaseSlot();
       },
     };
   } catch (e) {
     session.release();
+    releaseSlot();
     throw e;
   }
+}
+
+/** Free creation slots of each pool, and the creations waiting for one. */
+const slots = new WeakMap<Sql, { free: number; waiting: (() => void)[] }>();
+
+/**
+ * Waits until fewer creations than the pool has connections are in flight; returns the slot's release. A creation
+ * holds its reserved connection while its work takes another from the same pool: as many creations as connections
+ * would each hold one and wait forever for a second.
+ */
+async function creationSlot(sql: Sql): Promise<() => void> {
+  let s = slots.get(sql);
+  if (s === undefined) {
+    s = { free: Math.max(1, (sql.options.max ?? 10) - 1), waiting: [] };
+    slots.set(sql, s);
+  }
+  const slot = s;
+  if (slot.free > 0) slot.free--;
+  else await new Promise<void>((resolve) => slot.waiting.push(resolve));
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    const next = slot.waiting.shift();
+    if (next === undefined) slot.free++;
+    else next();
+  };
 }
 
 /** The int4 half of the two-key advisory lock; wrapping past 2^31 ids only risks a needless wait. */

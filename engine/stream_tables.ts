@@ -1,6 +1,13 @@
 /** Creating, altering and dropping stream tables (the catalog's writes). */
 import type { Tx } from "../db/pool.ts";
-import { DUPLICATE_TABLE, isPgError, isQueryError, UNIQUE_VIOLATION } from "../db/errors.ts";
+import {
+  DUPLICATE_OBJECT,
+  DUPLICATE_TABLE,
+  FOREIGN_KEY_VIOLATION,
+  isPgError,
+  isQueryError,
+  UNIQUE_VIOLATION,
+} from "../db/errors.ts";
 import { displayName, type QualifiedName, quoteIdent, quoteQualified } from "../db/identifiers.ts";
 import {
   findStreamTable,
@@ -14,6 +21,7 @@ import type { DatabaseContext } from "./context.ts";
 import {
   conflict,
   invalidQuery,
+  sourceChanged,
   streamTableExists,
   streamTableNotFound,
   TrickleError,
@@ -108,7 +116,14 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
       return row!.pgt_id;
     });
   } catch (e) {
-    if (isPgError(e) && (e.code === UNIQUE_VIOLATION || e.code === DUPLICATE_TABLE)) throw streamTableExists(label);
+    // A concurrent creation of the same name fails on the catalog row, the table, or the table's row type.
+    if (isPgError(e) && [UNIQUE_VIOLATION, DUPLICATE_TABLE, DUPLICATE_OBJECT].includes(e.code)) {
+      throw streamTableExists(label);
+    }
+    // A stream table the query reads was dropped by another request since the query was described.
+    if (isPgError(e) && e.code === FOREIGN_KEY_VIOLATION) {
+      throw sourceChanged(`A stream table read by the query of "${label}" was dropped meanwhile; create it again`);
+    }
     throw e;
   }
   try {
@@ -128,7 +143,10 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
   }
   ctx.log.info("stream table created", { stream_table: label, pgt_id: pgtId, mode });
   ctx.events.emit({ type: "stream_table_created", ...facts(ctx, pgtId, input.name), refresh_mode: mode });
-  return (await findStreamTable(ctx.sql, input.name))!;
+  const created = await findStreamTable(ctx.sql, input.name);
+  // Another request may drop it as soon as it is created.
+  if (created?.pgt_id !== pgtId) throw streamTableNotFound(label, ctx.name);
+  return created;
 }
 
 /**
@@ -166,7 +184,9 @@ export async function alterStreamTable(
   const pgtId = await ctx.sql.begin(async (tx) => {
     const found = await findStreamTable(tx, name);
     if (found === undefined) throw streamTableNotFound(displayName(name), ctx.name);
-    const st = (await lockStreamTable(tx, found.pgt_id))!;
+    // Dropped by another request between the find and the lock.
+    const st = await lockStreamTable(tx, found.pgt_id);
+    if (st === undefined) throw streamTableNotFound(displayName(name), ctx.name);
     let plan = st.plan;
     if (input.refreshMode === "IMMEDIATE") throw immediateUnavailable();
     if (input.refreshMode !== undefined && input.refreshMode !== "FULL" && plan.differential === null) {
@@ -199,7 +219,9 @@ export async function alterStreamTable(
   });
   ctx.log.info("stream table altered", { stream_table: displayName(name), changes: Object.keys(input) });
   ctx.events.emit({ type: "stream_table_altered", ...facts(ctx, pgtId, name), changes: Object.keys(input) });
-  return (await findStreamTable(ctx.sql, name))!;
+  const altered = await findStreamTable(ctx.sql, name);
+  if (altered === undefined) throw streamTableNotFound(displayName(name), ctx.name); // dropped since
+  return altered;
 }
 
 /**
@@ -226,17 +248,10 @@ async function upgradePlan(tx: Tx, st: StreamTableRow): Promise<QueryPlan> {
 export async function dropStreamTable(ctx: DatabaseContext, name: QualifiedName): Promise<void> {
   const st = await findStreamTable(ctx.sql, name);
   if (st === undefined) throw streamTableNotFound(displayName(name), ctx.name);
-  const dependents = await listDependencies(ctx.sql, { readersOf: st.pgt_id });
-  if (dependents.length > 0) {
-    const names = await ctx.sql<{ n: string }[]>`
-      SELECT pgt_schema || '.' || pgt_name AS n FROM pgtrickle.pgt_stream_tables
-      WHERE pgt_id = ANY(${dependents.map((d) => d.pgt_id)}) ORDER BY 1`;
-    throw conflict(
-      "StreamTableHasDependents",
-      `Stream table "${displayName(name)}" is read by ${names.map((r) => `"${r.n}"`).join(", ")}; drop those first`,
-    );
+  // Not dropped: another request dropped it after the find.
+  if (!await dropById(ctx, st.pgt_id, { refuseReaders: displayName(name) })) {
+    throw streamTableNotFound(displayName(name), ctx.name);
   }
-  await dropById(ctx, st.pgt_id);
   ctx.log.info("stream table dropped", { stream_table: displayName(name) });
   ctx.events.emit({ type: "stream_table_dropped", ...facts(ctx, st.pgt_id, name) });
 }
@@ -246,10 +261,29 @@ function facts(ctx: DatabaseContext, pgtId: number, name: QualifiedName) {
   return { db_name: ctx.name, db_oid: ctx.oid, pgt_id: pgtId, stream_table: `${name.schema}.${name.name}` };
 }
 
-async function dropById(ctx: DatabaseContext, pgtId: number): Promise<void> {
+/** 409 when stream tables read this one; checked under its lock, so no reader is registered meanwhile. */
+async function refuseReaders(tx: Tx, pgtId: number, label: string): Promise<void> {
+  const dependents = await listDependencies(tx, { readersOf: pgtId });
+  if (dependents.length === 0) return;
+  const names = await tx<{ n: string }[]>`
+    SELECT pgt_schema || '.' || pgt_name AS n FROM pgtrickle.pgt_stream_tables
+    WHERE pgt_id = ANY(${dependents.map((d) => d.pgt_id)}) ORDER BY 1`;
+  throw conflict(
+    "StreamTableHasDependents",
+    `Stream table "${label}" is read by ${names.map((r) => `"${r.n}"`).join(", ")}; drop those first`,
+  );
+}
+
+/** Drops stream table `pgtId`; false when it no longer exists. */
+async function dropById(
+  ctx: DatabaseContext,
+  pgtId: number,
+  options: { refuseReaders?: string } = {},
+): Promise<boolean> {
   const sources = await ctx.sql.begin(async (tx) => {
     const st = await lockStreamTable(tx, pgtId);
-    if (st === undefined) return [];
+    if (st === undefined) return null;
+    if (options.refuseReaders !== undefined) await refuseReaders(tx, pgtId, options.refuseReaders);
     const deps = await tx<{ relid: number }[]>`
       SELECT source_relid::int8 AS relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = ${pgtId}`;
     await tx`DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ${pgtId}`;
@@ -258,5 +292,7 @@ async function dropById(ctx: DatabaseContext, pgtId: number): Promise<void> {
     await tx.unsafe(`DROP TABLE IF EXISTS ${quoteQualified({ schema: st.pgt_schema, name: st.pgt_name })}`);
     return deps.map((d) => d.relid);
   });
+  if (sources === null) return false;
   for (const relid of sources) await ctx.sql.begin((tx) => removeCaptureIfUnused(tx, relid));
+  return true;
 }

@@ -8,6 +8,7 @@ import { VERSION } from "../version.ts";
 import { docsRoutes } from "./docs.ts";
 import { healthRoutes } from "./health.ts";
 import { accessLog, auth, requestTimeout } from "./middleware.ts";
+import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
 
@@ -23,8 +24,8 @@ export interface AppDeps {
 }
 
 /** Builds the API. */
-export function createApp(deps: AppDeps): OpenAPIHono {
-  const app = new OpenAPIHono();
+export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
+  const app = new OpenAPIHono<AppEnv>();
   app.use("*", requestId());
   app.use("*", accessLog(deps.log));
   app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }));
@@ -33,9 +34,14 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     "*",
     bodyLimit({
       maxSize: deps.bodyLimitBytes,
-      onError: () =>
+      onError: (c) =>
         problemResponse(
-          problem(413, "PayloadTooLarge", `The request body is larger than ${deps.bodyLimitBytes} bytes`),
+          problem(
+            413,
+            "PayloadTooLarge",
+            `The request body is larger than ${deps.bodyLimitBytes} bytes`,
+            requestIds(c),
+          ),
         ),
     }),
   );
@@ -62,7 +68,7 @@ export function createApp(deps: AppDeps): OpenAPIHono {
     }));
   app.notFound((c) => {
     const allowed = [...new Set(known.filter((r) => r.pattern.test(c.req.path)).map((r) => r.method))];
-    const ids = { request_id: c.get("requestId") };
+    const ids = requestIds(c);
     if (allowed.length > 0) {
       return problemResponse(
         problem(

@@ -1,8 +1,10 @@
 /** The HTTP edge: bearer tokens, request timeouts, access logs. */
 import type { MiddlewareHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
+import { timeout } from "hono/timeout";
 import { timingSafeEqual } from "hono/utils/buffer";
 import type { Logger } from "../engine/log.ts";
+import { type AppEnv, requestIds } from "./env.ts";
 import { problem, problemResponse } from "./problem.ts";
 
 export interface AuthSettings {
@@ -21,7 +23,7 @@ const OPEN_PATHS = new Set(["/health", "/ready"]);
 export function auth(
   settings: AuthSettings,
   options: { readPaths?: (path: string) => boolean } = {},
-): MiddlewareHandler {
+): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     if (settings.adminToken === null || OPEN_PATHS.has(c.req.path)) return next();
     const isRead = READ_METHODS.has(c.req.method) || (options.readPaths?.(c.req.path) ?? false);
@@ -30,7 +32,12 @@ export function auth(
     const match = header === undefined ? null : /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (match === null) {
       return problemResponse(
-        problem(401, "Unauthorized", "This request needs a bearer token: Authorization: Bearer <token>"),
+        problem(
+          401,
+          "Unauthorized",
+          "This request needs a bearer token: Authorization: Bearer <token>",
+          requestIds(c),
+        ),
         { "www-authenticate": 'Bearer realm="trickle"' },
       );
     }
@@ -41,43 +48,30 @@ export function auth(
     const detail = isReader
       ? "The read token does not allow changes; use the admin token"
       : "The bearer token is not valid for this service";
-    return problemResponse(problem(403, "Forbidden", detail));
+    return problemResponse(problem(403, "Forbidden", detail, requestIds(c)));
   };
 }
 
 /** Answers 503 Timeout when a handler runs past `ms` (the work it started may still finish). */
-export function requestTimeout(ms: number): MiddlewareHandler {
-  return async (_c, next) => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new HTTPException(503, {
-              res: problemResponse(problem(503, "Timeout", `The request did not finish within ${ms} ms`)),
-            }),
-          ),
-        ms,
-      );
-    });
-    try {
-      await Promise.race([next(), expired]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
+export function requestTimeout(ms: number): MiddlewareHandler<AppEnv> {
+  return timeout(ms, (c) =>
+    new HTTPException(503, {
+      res: problemResponse(
+        problem(503, "Timeout", `The request did not finish within ${ms} ms`, requestIds(c)),
+      ),
+    }));
 }
 
 /** One log line per request, with its id, status and duration (never headers or bodies); the id on every answer. */
-export function accessLog(log: Logger): MiddlewareHandler {
+export function accessLog(log: Logger): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const t0 = performance.now();
     await next();
     // Answers built as plain Responses (problems) lose the header hono's requestId middleware set on the context.
-    const id = c.get("requestId" as never) as string | undefined;
+    const id = c.get("requestId");
     if (id !== undefined && !c.res.headers.has("x-request-id")) c.res.headers.set("x-request-id", id);
     log.info("request", {
-      request_id: c.get("requestId" as never),
+      request_id: id,
       method: c.req.method,
       path: c.req.path,
       status: c.res.status,

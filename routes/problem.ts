@@ -1,8 +1,10 @@
 /** application/problem+json answers (RFC 9457) with a stable `code`. */
 import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
-import { TrickleError } from "../engine/errors.ts";
+import { connectionFailure, isConnectionError } from "../db/errors.ts";
+import { databaseUnavailable, TrickleError } from "../engine/errors.ts";
 import type { Logger } from "../engine/log.ts";
+import { type AppEnv, requestIds } from "./env.ts";
 
 export interface Problem {
   type: string;
@@ -40,10 +42,22 @@ export function problemResponse(p: Problem, headers: Record<string, string> = {}
   });
 }
 
+/** Seconds a client is asked to wait before retrying on an unavailable database. */
+const RETRY_AFTER_SECONDS = 5;
+
 /** Turns any thrown error into a problem response; unknown errors are logged and answered opaquely. */
-export function errorToResponse(err: unknown, c: Context, log: Logger): Response {
-  const requestId = c.get("requestId" as never) as string | undefined;
-  const ids = requestId === undefined ? {} : { request_id: requestId };
+export function errorToResponse(err: unknown, c: Context<AppEnv>, log: Logger): Response {
+  const ids = requestIds(c);
+  if (isConnectionError(err)) {
+    // The server is down, refuses connections to this database, or ended the session: the client may retry; the
+    // pool opens new connections on the next request, so recovery needs no restart.
+    const database = c.get("database");
+    const e = databaseUnavailable(database, connectionFailure(err));
+    log.warn("database unavailable", { ...ids, database, path: c.req.path, error: err });
+    return problemResponse(problem(e.status, e.code, e.message, { ...e.extra, ...ids }), {
+      "retry-after": String(RETRY_AFTER_SECONDS),
+    });
+  }
   if (err instanceof TrickleError) {
     return problemResponse(problem(err.status, err.code, err.message, { ...err.extra, ...ids }));
   }

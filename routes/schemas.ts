@@ -16,14 +16,14 @@ export function problems(...statuses: number[]) {
     { description: string; content: { "application/problem+json": { schema: typeof ProblemSchema } } }
   > = {};
   const text: Record<number, string> = {
-    400: "Malformed request, unknown field, invalid name or schedule",
+    400: "Malformed request, unknown field, invalid or reserved name, invalid schedule, two databases named",
     401: "No bearer token",
     403: "Wrong bearer token",
     404: "No such stream table or database",
     409: "Conflict (already exists, has dependents, refresh in progress)",
     413: "Body over the size limit",
     422: "The query is invalid or unsupported in the requested mode",
-    503: "Timed out or not ready",
+    503: "Timed out (Timeout), or the database is unavailable (DatabaseUnavailable, with Retry-After)",
   };
   for (const s of statuses) {
     out[s] = { description: text[s] ?? "Error", content: { "application/problem+json": { schema: ProblemSchema } } };

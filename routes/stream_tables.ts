@@ -10,7 +10,7 @@ import {
   type StreamTableRow,
 } from "../engine/catalog.ts";
 import type { Engine } from "../engine/engine.ts";
-import { refreshFailed, streamTableNotFound } from "../engine/errors.ts";
+import { badRequest, refreshFailed, streamTableNotFound, TrickleError } from "../engine/errors.ts";
 import { isPgError, isQueryError } from "../db/errors.ts";
 import { refreshStreamTable } from "../engine/refresh/refresh.ts";
 import { alterStreamTable, createStreamTable, dropStreamTable } from "../engine/stream_tables.ts";
@@ -26,6 +26,8 @@ import {
   StreamTableSchema,
 } from "./schemas.ts";
 import { validationHook } from "./validation.ts";
+import type { AppEnv } from "./env.ts";
+import type { Context } from "hono";
 
 const tags = ["stream tables"];
 const json = <T>(schema: T) => ({ content: { "application/json": { schema } } });
@@ -75,9 +77,30 @@ async function mustFind(ctx: DatabaseContext, rawName: string): Promise<StreamTa
   return st;
 }
 
+/**
+ * The managed database a request works on: `?database=`, or the body's `database`, or the default. Naming two
+ * different ones is refused rather than one silently preferred. The choice is kept on the context, so a 503 names it.
+ */
+function chooseDatabase(
+  engine: Engine,
+  c: Context<AppEnv>,
+  names: { query?: string | undefined; body?: string | undefined },
+): DatabaseContext {
+  if (names.query !== undefined && names.body !== undefined && names.query !== names.body) {
+    throw badRequest(
+      `The body names database "${names.body}" and ?database= names "${names.query}"; name one, or the same in both`,
+    );
+  }
+  const ctx = engine.db(names.body ?? names.query);
+  c.set("database", ctx.name);
+  return ctx;
+}
+
 /** The stream-table routes over `engine`. */
-export function streamTableRoutes(engine: Engine): OpenAPIHono {
-  const app = new OpenAPIHono({ defaultHook: validationHook });
+export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
+  const app = new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
+  const db = (c: Context<AppEnv>, names: { query?: string | undefined; body?: string | undefined }) =>
+    chooseDatabase(engine, c, names);
 
   app.openapi(
     createRoute({
@@ -88,11 +111,11 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       request: { query: DatabaseQuery },
       responses: {
         200: { description: "All stream tables of the database", ...json(z.array(StreamTableSchema)) },
-        ...problems(401, 403, 404),
+        ...problems(400, 401, 403, 404, 503),
       },
     }),
     async (c) => {
-      const ctx = engine.db(c.req.valid("query").database);
+      const ctx = db(c, { query: c.req.valid("query").database });
       const [rows, deps] = await Promise.all([listStreamTables(ctx.sql), listDependencies(ctx.sql)]);
       return c.json(
         rows.map((st) =>
@@ -116,12 +139,12 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       request: { query: DatabaseQuery, body: { required: true, ...json(CreateStreamTableSchema) } },
       responses: {
         201: { description: "Created and refreshed", ...json(StreamTableSchema) },
-        ...problems(400, 401, 403, 404, 409, 413, 422),
+        ...problems(400, 401, 403, 404, 409, 413, 422, 503),
       },
     }),
     async (c) => {
       const body = c.req.valid("json");
-      const ctx = engine.db(body.database ?? c.req.valid("query").database);
+      const ctx = db(c, { query: c.req.valid("query").database, body: body.database });
       const st = await createStreamTable(ctx, {
         name: parseQualifiedName(body.name),
         query: body.query,
@@ -143,11 +166,11 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       request: { params: NameParam, query: DatabaseQuery },
       responses: {
         200: { description: "The stream table", ...json(StreamTableSchema) },
-        ...problems(400, 401, 403, 404),
+        ...problems(400, 401, 403, 404, 503),
       },
     }),
     async (c) => {
-      const ctx = engine.db(c.req.valid("query").database);
+      const ctx = db(c, { query: c.req.valid("query").database });
       return c.json(await presentStreamTable(ctx, await mustFind(ctx, c.req.valid("param").name)), 200);
     },
   );
@@ -161,12 +184,12 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       request: { params: NameParam, query: DatabaseQuery, body: { required: true, ...json(AlterStreamTableSchema) } },
       responses: {
         200: { description: "The altered stream table", ...json(StreamTableSchema) },
-        ...problems(400, 401, 403, 404, 413, 422),
+        ...problems(400, 401, 403, 404, 413, 422, 503),
       },
     }),
     async (c) => {
       const body = c.req.valid("json");
-      const ctx = engine.db(body.database ?? c.req.valid("query").database);
+      const ctx = db(c, { query: c.req.valid("query").database, body: body.database });
       const name = parseQualifiedName(c.req.valid("param").name);
       const st = await alterStreamTable(ctx, name, {
         ...(body.schedule === undefined ? {} : { schedule: body.schedule }),
@@ -185,10 +208,10 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       tags,
       summary: "Drop a stream table, its storage, and capture on sources nothing else reads",
       request: { params: NameParam, query: DatabaseQuery },
-      responses: { 204: { description: "Dropped" }, ...problems(400, 401, 403, 404, 409) },
+      responses: { 204: { description: "Dropped" }, ...problems(400, 401, 403, 404, 409, 503) },
     }),
     async (c) => {
-      const ctx = engine.db(c.req.valid("query").database);
+      const ctx = db(c, { query: c.req.valid("query").database });
       await dropStreamTable(ctx, parseQualifiedName(c.req.valid("param").name));
       return c.body(null, 204);
     },
@@ -207,9 +230,13 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       },
     }),
     async (c) => {
-      const ctx = engine.db(c.req.valid("query").database);
+      const ctx = db(c, { query: c.req.valid("query").database });
       const st = await mustFind(ctx, c.req.valid("param").name);
       const r = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" }).catch((e) => {
+        // Dropped by another request since it was found: named as the client named it.
+        if (e instanceof TrickleError && e.code === "StreamTableNotFound") {
+          throw streamTableNotFound(displayName({ schema: st.pgt_schema, name: st.pgt_name }), ctx.name);
+        }
         // The query failed on the current data (division by zero, a bad cast...): the user's to fix, not a 500.
         throw isPgError(e) && isQueryError(e) ? refreshFailed(e.message, e.code) : e;
       });
@@ -242,12 +269,12 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono {
       },
       responses: {
         200: { description: "Refreshes", ...json(z.array(HistoryEntrySchema)) },
-        ...problems(400, 401, 403, 404),
+        ...problems(400, 401, 403, 404, 503),
       },
     }),
     async (c) => {
       const q = c.req.valid("query");
-      const ctx = engine.db(q.database);
+      const ctx = db(c, { query: q.database });
       const st = await mustFind(ctx, c.req.valid("param").name);
       const rows = await refreshHistory(ctx.sql, st.pgt_id, {
         limit: q.limit,

@@ -1,5 +1,6 @@
 /** Turns request validation failures into 400 problems that name each bad field. */
 import type { Hook } from "@hono/zod-openapi";
+import { requestIds } from "./env.ts";
 import { problem, problemResponse } from "./problem.ts";
 
 // deno-lint-ignore no-explicit-any
@@ -11,11 +12,7 @@ export const validationHook: Hook<any, any, any, any> = (result, c) => {
     ...("keys" in i ? { keys: (i as { keys: string[] }).keys } : {}),
   }));
   const detail = issues.map((i) => (i.path === "" ? i.message : `${i.path}: ${i.message}`)).join("; ");
-  const requestId = c.get("requestId" as never) as string | undefined;
   return problemResponse(
-    problem(400, "BadRequest", `Invalid ${result.target}: ${detail}`, {
-      issues,
-      ...(requestId === undefined ? {} : { request_id: requestId }),
-    }),
+    problem(400, "BadRequest", `Invalid ${result.target}: ${detail}`, { issues, ...requestIds(c) }),
   );
 };

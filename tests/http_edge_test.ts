@@ -26,6 +26,8 @@ Deno.test({
         const body = await res.json();
         assert.equal(body.code, "Timeout");
         assert.match(body.detail, /300 ms/);
+        assert.ok(typeof body.request_id === "string" && body.request_id.length > 0, "the timeout names its request");
+        assert.equal(body.request_id, res.headers.get("x-request-id"));
         const health = await svc.request("GET", "/health");
         assert.equal(health.status, 200);
         // What the request started still completes, whole.

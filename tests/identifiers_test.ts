@@ -101,3 +101,31 @@ Deno.test("displayName omits the public schema only", () => {
   assert.equal(displayName({ schema: "public", name: "t" }), "t");
   assert.equal(displayName({ schema: "s", name: "t" }), "s.t");
 });
+
+Deno.test("parseQualifiedName: trickle's and PostgreSQL's schemas are reserved", () => {
+  for (
+    const schema of [
+      "pgtrickle",
+      "pgtrickle_changes",
+      "pg_catalog",
+      "information_schema",
+      "pg_toast",
+      "pg_temp",
+      "pg_temp_3",
+      "pg_toast_temp_12",
+    ]
+  ) {
+    assert.throws(
+      () => parseQualifiedName(`${schema}.t`),
+      (e) =>
+        e instanceof TrickleError && e.code === "InvalidName" && e.status === 400 &&
+        e.message.includes(`schema "${schema}" is reserved`),
+      schema,
+    );
+  }
+  // Case matters, as in PostgreSQL: these are ordinary schemas.
+  assert.deepEqual(parseQualifiedName("PgTrickle.t"), { schema: "PgTrickle", name: "t" });
+  assert.deepEqual(parseQualifiedName("pgtrickle_x.t"), { schema: "pgtrickle_x", name: "t" });
+  // A table may be named like a schema; only the schema is checked.
+  assert.deepEqual(parseQualifiedName("pg_catalog"), { schema: "public", name: "pg_catalog" });
+});

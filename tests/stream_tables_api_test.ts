@@ -38,6 +38,9 @@ async function problem(res: Response, status: number, code: string, detail?: Reg
   assert.ok(typeof p.title === "string" && p.title.length > 0, text);
   assert.ok(typeof p.detail === "string" && p.detail.length > 0, text);
   if (detail !== undefined) assert.match(p.detail, detail);
+  // Every problem names its request, as the x-request-id header does, so a report can be matched to the log.
+  assert.ok(typeof p.request_id === "string" && p.request_id.length > 0, `no request_id: ${text}`);
+  assert.equal(p.request_id, res.headers.get("x-request-id"), text);
   return p;
 }
 
@@ -833,6 +836,57 @@ Deno.test({
             /expected an identifier/,
           ],
           ["a three-part path", () => req("POST", "/stream-tables/a.b.c/refresh"), 400, "InvalidName", /"a\.b\.c"/],
+          ...[
+            "pgtrickle",
+            "pgtrickle_changes",
+            "pg_catalog",
+            "information_schema",
+            "pg_toast",
+            "pg_temp",
+            "pg_temp_3",
+            "pg_toast_temp_3",
+          ].map((schema): [string, unknown, number, string, RegExp] => [
+            `a stream table in the reserved schema ${schema}`,
+            { name: `${schema}.a`, query: q },
+            400,
+            "InvalidName",
+            new RegExp(`schema "${schema}" is reserved`),
+          ]),
+          [
+            "a name like a change buffer",
+            async () => req("POST", "/stream-tables", { name: await bufferOf(sql, "y"), query: q }),
+            400,
+            "InvalidName",
+            /schema "pgtrickle_changes" is reserved/,
+          ],
+          ...([
+            ["GET", "/stream-tables/pg_catalog.pg_class"],
+            ["GET", "/stream-tables/pgtrickle.pgt_stream_tables/history"],
+            ["PATCH", "/stream-tables/pgtrickle.pgt_stream_tables", { schedule: "5m" }],
+            ["DELETE", "/stream-tables/pgtrickle.pgt_stream_tables"],
+            ["DELETE", "/stream-tables/information_schema.tables"],
+            ["POST", "/stream-tables/pgtrickle_changes.x/refresh"],
+          ] as [string, string, unknown?][]).map(([method, path, body]): [string, unknown, number, string, RegExp] => [
+            `${method} ${path}`,
+            () => req(method, path, body),
+            400,
+            "InvalidName",
+            /schema "(pg_catalog|pgtrickle|pgtrickle_changes|information_schema)" is reserved/,
+          ]),
+          [
+            "a body database other than ?database=",
+            () => req("POST", `/stream-tables?database=${db2}`, { name: "a", query: q, database: s.db.name }),
+            400,
+            "BadRequest",
+            new RegExp(`"${s.db.name}".*"${db2}"`),
+          ],
+          [
+            "the same on PATCH",
+            () => req("PATCH", `/stream-tables/tick_copy?database=${s.db.name}`, { schedule: "5m", database: db2 }),
+            400,
+            "BadRequest",
+            new RegExp(`"${db2}".*"${s.db.name}"`),
+          ],
         ];
         for (const [what, body, status, code, detail] of cases) {
           const res = typeof body === "function"

@@ -7,6 +7,7 @@ import { createLogger, silentLogger } from "../../engine/log.ts";
 import type { EngineSettings } from "../../engine/context.ts";
 import type { SchedulerSettings } from "../../engine/scheduler/scheduler.ts";
 import { createApp } from "../../routes/app.ts";
+import type { AppEnv } from "../../routes/env.ts";
 import { dropDatabase, freshDatabase, type TestDatabase } from "./db.ts";
 
 export const DEFAULT_SETTINGS: EngineSettings & SchedulerSettings = {
@@ -20,7 +21,7 @@ export const DEFAULT_SETTINGS: EngineSettings & SchedulerSettings = {
 
 export interface TestService {
   engine: Engine;
-  app: OpenAPIHono;
+  app: OpenAPIHono<AppEnv>;
   /** The first (default) database. */
   db: TestDatabase;
   /** Extra managed databases, by name. */
