@@ -4,7 +4,7 @@
  * Every bad setting is named in one message.
  */
 import { z } from "zod";
-import type { LogLevel } from "./engine/log.ts";
+import type { LogLevel } from "./log.ts";
 
 export interface Config {
   databaseUrl: string | null;

@@ -3,7 +3,7 @@ import { ConfigError, loadConfig } from "./config.ts";
 import { startEmbedded } from "./db/embedded.ts";
 import { systemClock } from "./engine/clock.ts";
 import { Engine } from "./engine/engine.ts";
-import { createLogger, type Logger } from "./engine/log.ts";
+import { createLogger, type Logger } from "./log.ts";
 import { createApp } from "./routes/app.ts";
 import { VERSION } from "./version.ts";
 

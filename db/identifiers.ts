@@ -1,5 +1,4 @@
-/** Names from requests: validated here, then always passed to SQL quoted. */
-import { invalidName, reservedSchema } from "../engine/errors.ts";
+/** Identifiers: what a plain one is, and quoting for generated SQL (request names are parsed in engine/names.ts). */
 
 export interface QualifiedName {
   schema: string;
@@ -11,29 +10,6 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_$]*$/;
 /** True when `s` is a plain identifier PostgreSQL accepts unchanged when quoted (at most 63 bytes). */
 export function isIdentifier(s: string): boolean {
   return IDENTIFIER.test(s) && new TextEncoder().encode(s).length <= 63;
-}
-
-/** The service's own schemas and PostgreSQL's; a request may name nothing in them. */
-const RESERVED_SCHEMAS = new Set(["pgtrickle", "pgtrickle_changes", "pg_catalog", "information_schema", "pg_toast"]);
-
-/**
- * True for a schema no request may name: trickle's catalog and change buffers, and the system's (PostgreSQL reserves
- * every schema name starting with "pg_", the temporary ones included, e.g. pg_temp_3 and pg_toast_temp_3).
- */
-export function isReservedSchema(schema: string): boolean {
-  return RESERVED_SCHEMAS.has(schema) || schema.startsWith("pg_");
-}
-
-/**
- * Parses `schema.table` or `table` (schema `public`); throws InvalidName when it is not an identifier or names a
- * reserved schema. Names are case-sensitive.
- */
-export function parseQualifiedName(input: string, what = "stream table name"): QualifiedName {
-  const parts = input.split(".");
-  if (parts.length > 2 || !parts.every(isIdentifier)) throw invalidName(input, what);
-  const q = parts.length === 2 ? { schema: parts[0]!, name: parts[1]! } : { schema: "public", name: parts[0]! };
-  if (isReservedSchema(q.schema)) throw reservedSchema(input, { what, schema: q.schema });
-  return q;
 }
 
 /** `schema.name` as shown to users (unquoted: both parts are plain identifiers). */

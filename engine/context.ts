@@ -2,7 +2,7 @@
 import type { Sql } from "../db/pool.ts";
 import type { Clock } from "./clock.ts";
 import type { EngineEvents } from "./events.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 
 export interface EngineSettings {
   maxConsecutiveErrors: number;

@@ -6,7 +6,7 @@ import type { Clock } from "./clock.ts";
 import type { DatabaseContext, EngineSettings } from "./context.ts";
 import { databaseNotFound } from "./errors.ts";
 import { EngineEvents } from "./events.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
 
 export interface EngineOptions {

@@ -10,7 +10,7 @@
  * or not at all.
  */
 import type { Tx } from "../db/pool.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 
 /** Which database an event concerns. */
 export interface DatabaseFacts {

@@ -5,7 +5,7 @@
  */
 import { parse } from "libpg-query";
 import type { Sql, Tx } from "../db/pool.ts";
-import { isPgError } from "../db/errors.ts";
+import { isConnectionError, isPgError } from "../db/errors.ts";
 import { invalidQuery } from "./errors.ts";
 import type { Column, QueryDescription, SourceRef } from "./plan.ts";
 import { inRolledBackTransaction } from "./rolled_back.ts";
@@ -55,7 +55,7 @@ export async function describeQuery(sql: Sql | Tx, query: string): Promise<Query
       // single SELECT, and the extended protocol (simple: false) refuses a second statement in any case.
       await tx.unsafe(PROBE_PREFIX + query, [], { simple: false } as never);
     } catch (e) {
-      if (isPgError(e)) {
+      if (isPgError(e) && !isConnectionError(e)) {
         const position = e.position === undefined ? undefined : Number(e.position) - PROBE_PREFIX.length;
         throw invalidQuery(`The defining query is not valid: ${e.message}`, {
           sqlstate: e.code,

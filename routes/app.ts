@@ -3,7 +3,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
 import { requestId } from "hono/request-id";
 import type { Engine } from "../engine/engine.ts";
-import type { Logger } from "../engine/log.ts";
+import type { Logger } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { docsRoutes } from "./docs.ts";
 import { healthRoutes } from "./health.ts";

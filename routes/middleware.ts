@@ -3,7 +3,7 @@ import type { MiddlewareHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { timeout } from "hono/timeout";
 import { timingSafeEqual } from "hono/utils/buffer";
-import type { Logger } from "../engine/log.ts";
+import type { Logger } from "../log.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { problem, problemResponse } from "./problem.ts";
 

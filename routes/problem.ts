@@ -3,7 +3,7 @@ import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { connectionFailure, isConnectionError } from "../db/errors.ts";
 import { databaseUnavailable, TrickleError } from "../engine/errors.ts";
-import type { Logger } from "../engine/log.ts";
+import type { Logger } from "../log.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 
 export interface Problem {

@@ -1,6 +1,7 @@
 /** /stream-tables: create, list, read, alter, drop, refresh now, history. */
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
-import { displayName, parseQualifiedName } from "../db/identifiers.ts";
+import { displayName } from "../db/identifiers.ts";
+import { parseQualifiedName } from "../engine/names.ts";
 import {
   type Dependency,
   findStreamTable,

@@ -1,14 +1,8 @@
-/** Unit tests of db/identifiers.ts: names from requests are parsed strictly and quoted for generated DDL. */
+/** Unit tests of engine/names.ts and db/identifiers.ts: names from requests are parsed strictly and quoted for generated DDL. */
 import assert from "node:assert/strict";
-import {
-  displayName,
-  isIdentifier,
-  parseQualifiedName,
-  quoteIdent,
-  quoteLiteral,
-  quoteQualified,
-} from "../db/identifiers.ts";
+import { displayName, isIdentifier, quoteIdent, quoteLiteral, quoteQualified } from "../db/identifiers.ts";
 import { TrickleError } from "../engine/errors.ts";
+import { parseQualifiedName } from "../engine/names.ts";
 
 function assertInvalidName(input: string): void {
   assert.throws(

@@ -5,7 +5,7 @@
  */
 import type postgres from "postgres";
 import type { DatabaseContext } from "../context.ts";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../../log.ts";
 
 /** Advisory lock key for "this instance schedules this database" (arbitrary, fixed). */
 export const LEADER_LOCK = 7_417_003;

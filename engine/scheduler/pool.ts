@@ -24,7 +24,7 @@
  */
 import type postgres from "postgres";
 import { connect, type Sql, urlForDatabase } from "../../db/pool.ts";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../../log.ts";
 
 /** Advisory lock key of the admission mutex, in the coordination database (arbitrary, fixed). */
 const ADMISSION_LOCK = 7_417_005;

@@ -6,7 +6,7 @@
  */
 import type { Clock } from "../clock.ts";
 import type { DatabaseContext } from "../context.ts";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../../log.ts";
 import { RefreshBusy, refreshStreamTable } from "../refresh/refresh.ts";
 import { removeAbandonedCreation } from "../recovery.ts";
 import { Leadership } from "./leadership.ts";

@@ -3,7 +3,7 @@
  * temporary directory, or a server the caller already has.
  */
 import { startEmbedded } from "../../db/embedded.ts";
-import { createLogger } from "../../engine/log.ts";
+import { createLogger } from "../../log.ts";
 
 export interface ThrowawayServer {
   /** The maintenance database URL. */

@@ -3,7 +3,7 @@ import type { OpenAPIHono } from "@hono/zod-openapi";
 import { Engine } from "../../engine/engine.ts";
 import type { Clock } from "../../engine/clock.ts";
 import { systemClock } from "../../engine/clock.ts";
-import { createLogger, silentLogger } from "../../engine/log.ts";
+import { createLogger, silentLogger } from "../../log.ts";
 import type { EngineSettings } from "../../engine/context.ts";
 import type { SchedulerSettings } from "../../engine/scheduler/scheduler.ts";
 import { createApp } from "../../routes/app.ts";
