@@ -25,7 +25,7 @@ const FACT_ROWS = 1_000_000;
 const DIM_ROWS = 10_000;
 const GROUPS = 100_000;
 const CHANGES = [100, 1_000, 10_000];
-/** The orchestrator's default (DESIGN.md section 4a). */
+/** The orchestrator's default (TRICKLE_DIFFERENTIAL_MAX_CHANGE_RATIO). */
 const MAX_CHANGE_RATIO = 0.15;
 
 const CASES = [

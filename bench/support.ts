@@ -1,6 +1,6 @@
 /**
  * What every benchmark shares: timing helpers, the shape of a figure (measured against a baseline taken in the same
- * run, DESIGN.md section 15), and the table that bench/main.ts prints.
+ * run: these machines are shared and noisy), and the table that bench/main.ts prints.
  */
 import type { Sql } from "../db/pool.ts";
 // The project's one median: the cost model's (engine/cost_model.ts), so a bench figure and a refresh prediction agree.

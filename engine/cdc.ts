@@ -1,5 +1,5 @@
 /**
- * Change capture (DESIGN.md section 6). Each source table gets statement-level AFTER triggers with transition
+ * Change capture (docs/architecture.md, change capture). Each source table gets statement-level AFTER triggers with transition
  * tables that append to one buffer per source, `pgtrickle_changes.changes_<relid>`, shared by every stream table
  * reading it: `xid` (the writing transaction, xid8), `action` ('I', 'D', 'T' for TRUNCATE) and the source's columns.
  * An UPDATE is a 'D' of the old row and an 'I' of the new one.

@@ -1,5 +1,5 @@
 /**
- * What the engine announces (DESIGN.md section 11): refreshes committed or failed with their figures, stream tables
+ * What the engine announces (docs/architecture.md, scheduler): refreshes committed or failed with their figures, stream tables
  * created, altered or dropped, scheduler ticks, workers started and finished. Metrics, the planner and alerts
  * subscribe instead of scraping history tables for what the engine already knew.
  *

@@ -1,5 +1,5 @@
 /**
- * Source schema changes, seen at refresh time (DESIGN.md section 6: never silently stale). Each dependency row keeps
+ * Source schema changes, seen at refresh time (docs/architecture.md, change capture: never silently stale). Each dependency row keeps
  * the source's columns as the stream table was planned against them (attnum, name, type); every refresh compares
  * them and the source's identity with the catalog in one query. Then:
  *

@@ -1,5 +1,5 @@
 /**
- * One refresh of one stream table (DESIGN.md sections 6 and 7). It runs in a single REPEATABLE READ transaction
+ * One refresh of one stream table (docs/architecture.md: frontiers, refresh). It runs in a single REPEATABLE READ transaction
  * whose snapshot S becomes the new frontier: the content written and `frontier = S` commit together, so a crash or
  * a rollback leaves the last committed state. The catalog row is locked first, so one stream table never refreshes
  * twice at once; a concurrent change to it makes the transaction fail with a serialization error and retry.

@@ -1,6 +1,6 @@
 /**
  * The worker pool, its state kept in PostgreSQL so that `max_workers` and the per-database quotas hold across every
- * service instance of the cluster (DESIGN.md section 11), and so any instance can tell which refresh runs where.
+ * service instance of the cluster (docs/architecture.md, scheduler), and so any instance can tell which refresh runs where.
  *
  * The state lives in pg_stat_activity, cluster-wide and crash-safe by construction: each fact is the
  * `application_name` of a connection to one agreed coordination database (default `postgres`, the server's

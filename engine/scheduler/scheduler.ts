@@ -1,5 +1,5 @@
 /**
- * The scheduler (DESIGN.md section 11). Every tick, for each database this instance leads (leadership.ts), it finds
+ * The scheduler (docs/architecture.md, scheduler). Every tick, for each database this instance leads (leadership.ts), it finds
  * the stream tables that are due (tick.ts) and queues refresh jobs; the worker pool (pool.ts) runs them within the
  * cluster's `max_workers` and each database's quota, its state kept in PostgreSQL. A job waits for the jobs of the
  * stream tables it reads, so stream tables on stream tables refresh in dependency order.

@@ -1,5 +1,5 @@
 /**
- * The oracle (DESIGN.md section 7): after every refresh a stream table equals its defining query's result as a
+ * The oracle (docs/differential.md): after every refresh a stream table equals its defining query's result as a
  * multiset. An `OracleEngine` is a real engine over a fresh database; its stream tables are created with
  * createStreamTable and refreshed with refreshStreamTable, the production path (the refresh decision, per-source
  * change counts, source checks, history), and every refresh checks the oracle from the engine's committing hook:

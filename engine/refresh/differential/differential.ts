@@ -1,5 +1,5 @@
 /**
- * DIFFERENTIAL refresh (DESIGN.md section 7): a stream table's change is computed from its sources' deltas and
+ * DIFFERENTIAL refresh (docs/differential.md): a stream table's change is computed from its sources' deltas and
  * applied in the refresh transaction.
  *
  * Planning parses the defining query with PostgreSQL's own parser (libpg-query) and cuts its text into clauses at

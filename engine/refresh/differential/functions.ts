@@ -1,5 +1,5 @@
 /**
- * What the functions and operators of a defining query allow (DESIGN.md section 7).
+ * What the functions and operators of a defining query allow (docs/differential.md).
  *
  * A differential refresh evaluates expressions only for the changed rows; rows left alone keep what an earlier
  * refresh computed. So the stream table equals its query only if every expression gives the same value whenever
