@@ -14,7 +14,16 @@ export interface AuthSettings {
 
 const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 /** Always open: liveness and readiness probes carry no data. */
-const OPEN_PATHS = new Set(["/health", "/ready"]);
+const OPEN_PATHS = new Set(["/health", "/ready", "/docs", "/openapi.json"]);
+
+/**
+ * Always open: the API's description and the Swagger UI files (they hold no data). A browser cannot send a bearer
+ * token for a page and its assets, so /docs would be unusable with a read token; "Try it out" takes the token
+ * through Swagger UI's Authorize button.
+ */
+function isOpenPath(path: string): boolean {
+  return OPEN_PATHS.has(path) || path.startsWith("/docs/");
+}
 
 /**
  * Writes need the admin token; reads need the read token or the admin token (open when no read token is set).
@@ -25,7 +34,7 @@ export function auth(
   options: { readPaths?: (path: string) => boolean } = {},
 ): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    if (settings.adminToken === null || OPEN_PATHS.has(c.req.path)) return next();
+    if (settings.adminToken === null || isOpenPath(c.req.path)) return next();
     const isRead = READ_METHODS.has(c.req.method) || (options.readPaths?.(c.req.path) ?? false);
     if (isRead && settings.readToken === null) return next();
     const header = c.req.header("authorization");
