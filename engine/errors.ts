@@ -1,17 +1,72 @@
 /**
- * Errors a caller is expected to catch, each with a stable `code` and the HTTP status it maps to.
- * The README lists every code; keep the two in step.
+ * Every error code the service answers with: its HTTP status, a title, and a one-line meaning. A TrickleError is
+ * built from a code of this table and takes its status from it; the README's Errors table is checked against it
+ * (tests/error_codes_test.ts).
  */
+export const ERROR_CODES = {
+  BadRequest: { status: 400, title: "Bad request", meaning: "The request is malformed or contradicts itself" },
+  InvalidName: {
+    status: 400,
+    title: "Invalid name",
+    meaning: "A name is not an identifier or is in a reserved schema",
+  },
+  InvalidSchedule: { status: 400, title: "Invalid schedule", meaning: "A schedule is neither a duration nor a cron" },
+  Unauthorized: { status: 401, title: "Unauthorized", meaning: "A bearer token is required and none was sent" },
+  Forbidden: { status: 403, title: "Forbidden", meaning: "The bearer token does not allow this request" },
+  NotFound: { status: 404, title: "Not found", meaning: "No such route" },
+  StreamTableNotFound: { status: 404, title: "Stream table not found", meaning: "No stream table of that name" },
+  DatabaseNotFound: { status: 404, title: "Database not found", meaning: "The database is not managed here" },
+  SchemaNotFound: { status: 404, title: "Schema not found", meaning: "Creating in a schema that does not exist" },
+  MethodNotAllowed: { status: 405, title: "Method not allowed", meaning: "The path exists, not with that method" },
+  StreamTableAlreadyExists: { status: 409, title: "Already exists", meaning: "A relation of that name exists" },
+  StreamTableHasDependents: { status: 409, title: "Has dependents", meaning: "Other stream tables read this one" },
+  SourceChanged: { status: 409, title: "Source changed", meaning: "A source no longer fits the defining query" },
+  RefreshInProgress: { status: 409, title: "Refresh in progress", meaning: "Another refresh holds the stream table" },
+  PayloadTooLarge: { status: 413, title: "Content too large", meaning: "The body is over the size limit" },
+  UnsupportedMediaType: { status: 415, title: "Unsupported media type", meaning: "The body is not sent as JSON" },
+  InvalidQuery: { status: 422, title: "Invalid query", meaning: "The defining query is not valid for the database" },
+  RefreshFailed: { status: 422, title: "Refresh failed", meaning: "The query errors on what the sources now hold" },
+  UnsupportedQuery: {
+    status: 422,
+    title: "Unsupported query",
+    meaning: "The query cannot be refreshed differentially",
+  },
+  UnsupportedRefreshMode: { status: 422, title: "Unsupported refresh mode", meaning: "The mode is not available" },
+  InternalError: { status: 500, title: "Internal error", meaning: "Anything else; the log has the detail" },
+  DatabaseUnavailable: { status: 503, title: "Database unavailable", meaning: "The database cannot be reached" },
+  Timeout: { status: 503, title: "Timeout", meaning: "The request ran past the time limit" },
+} as const satisfies Record<string, { status: number; title: string; meaning: string }>;
+
+/** A stable error code (a key of ERROR_CODES). */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+type StatusOf<C extends ErrorCode> = (typeof ERROR_CODES)[C]["status"];
+
+/**
+ * The constructor's arguments: `(code, message, extra?)`. The older `(code, status, message, extra?)` form (still used
+ * by engine/refresh) is accepted only with the table's own status for that code, so the two cannot disagree.
+ */
+type TrickleErrorArgs = {
+  [C in ErrorCode]:
+    | [code: C, message: string, extra?: Record<string, unknown>]
+    | [code: C, status: StatusOf<C>, message: string, extra?: Record<string, unknown>];
+}[ErrorCode];
+
+/** Errors a caller is expected to catch, each with a stable `code`; the HTTP status comes from ERROR_CODES. */
 export class TrickleError extends Error {
-  readonly code: string;
+  readonly code: ErrorCode;
   readonly status: number;
   readonly extra: Record<string, unknown>;
 
-  constructor(code: string, status: number, message: string, extra: Record<string, unknown> = {}) {
+  constructor(...args: TrickleErrorArgs) {
+    const [code, ...rest] = args;
+    const [message, extra = {}] = typeof rest[0] === "number"
+      ? [rest[1] as string, rest[2] as Record<string, unknown> | undefined]
+      : [rest[0], rest[1] as Record<string, unknown> | undefined];
     super(message);
     this.name = code;
     this.code = code;
-    this.status = status;
+    this.status = ERROR_CODES[code].status;
     this.extra = extra;
   }
 }
@@ -20,7 +75,6 @@ export class TrickleError extends Error {
 export function invalidName(value: string, what = "name"): TrickleError {
   return new TrickleError(
     "InvalidName",
-    400,
     `Invalid ${what} ${JSON.stringify(value)}: expected an identifier (letters, digits, "_" or "$", not starting ` +
       `with a digit, at most 63 bytes), optionally qualified as schema.table`,
   );
@@ -28,14 +82,13 @@ export function invalidName(value: string, what = "name"): TrickleError {
 
 /** 400: a request that contradicts itself (e.g. two different databases named). */
 export function badRequest(message: string): TrickleError {
-  return new TrickleError("BadRequest", 400, message);
+  return new TrickleError("BadRequest", message);
 }
 
 /** 400: a name in a schema that belongs to trickle or to PostgreSQL. */
 export function reservedSchema(value: string, options: { what: string; schema: string }): TrickleError {
   return new TrickleError(
     "InvalidName",
-    400,
     `Invalid ${options.what} ${JSON.stringify(value)}: schema "${options.schema}" is reserved (trickle's ` +
       `pgtrickle and pgtrickle_changes, and PostgreSQL's pg_catalog, information_schema, pg_toast and every ` +
       `other pg_* schema); use a schema of your own`,
@@ -44,25 +97,25 @@ export function reservedSchema(value: string, options: { what: string; schema: s
 
 /** 400: a schedule that is neither a duration nor a cron expression. */
 export function invalidSchedule(value: string, why: string): TrickleError {
-  return new TrickleError("InvalidSchedule", 400, `Invalid schedule ${JSON.stringify(value)}: ${why}`);
+  return new TrickleError("InvalidSchedule", `Invalid schedule ${JSON.stringify(value)}: ${why}`);
 }
 
 /** 404: no such stream table in the database. */
 export function streamTableNotFound(name: string, database: string): TrickleError {
-  return new TrickleError(
-    "StreamTableNotFound",
-    404,
-    `Stream table "${name}" does not exist in database "${database}"`,
-  );
+  return new TrickleError("StreamTableNotFound", `Stream table "${name}" does not exist in database "${database}"`);
 }
 
 /** 404: the database is not one this service manages. */
 export function databaseNotFound(name: string, managed: string[]): TrickleError {
   return new TrickleError(
     "DatabaseNotFound",
-    404,
     `Database "${name}" is not managed by this service (managed: ${managed.map((d) => `"${d}"`).join(", ")})`,
   );
+}
+
+/** 404: creating in a schema that does not exist. */
+export function schemaNotFound(schema: string): TrickleError {
+  return new TrickleError("SchemaNotFound", `Schema "${schema}" does not exist`);
 }
 
 /** 503: a managed database cannot be reached (server down, connections refused, session ended); retry later. */
@@ -70,7 +123,6 @@ export function databaseUnavailable(name: string | undefined, reason: string): T
   const which = name === undefined ? "The database" : `Database "${name}"`;
   return new TrickleError(
     "DatabaseUnavailable",
-    503,
     `${which} is unavailable (${reason}); retry later`,
     name === undefined ? {} : { database: name },
   );
@@ -78,35 +130,45 @@ export function databaseUnavailable(name: string | undefined, reason: string): T
 
 /** 409: a relation with that name already exists. */
 export function streamTableExists(name: string): TrickleError {
-  return new TrickleError("StreamTableAlreadyExists", 409, `A table or stream table named "${name}" already exists`);
+  return new TrickleError("StreamTableAlreadyExists", `A table or stream table named "${name}" already exists`);
+}
+
+/** 409: other stream tables read this one, so it cannot be dropped. */
+export function hasDependents(name: string, readers: string[]): TrickleError {
+  return new TrickleError(
+    "StreamTableHasDependents",
+    `Stream table "${name}" is read by ${readers.map((r) => `"${r}"`).join(", ")}; drop those first`,
+  );
 }
 
 /** 422: the defining query is not valid SQL for this database (syntax error, missing table, ...). */
 export function invalidQuery(message: string, extra: Record<string, unknown> = {}): TrickleError {
-  return new TrickleError("InvalidQuery", 422, message, extra);
+  return new TrickleError("InvalidQuery", message, extra);
 }
 
 /** 422: the query cannot be maintained in the requested mode. */
 export function unsupportedQuery(reason: string): TrickleError {
   return new TrickleError(
     "UnsupportedQuery",
-    422,
     `The query cannot be refreshed DIFFERENTIAL: ${reason}. Use refresh_mode AUTO or FULL.`,
     { reason },
   );
 }
 
+/** 422: IMMEDIATE is refused before any work (describing or planning the query): no plan can make it available. */
+export function immediateUnavailable(): TrickleError {
+  return new TrickleError(
+    "UnsupportedRefreshMode",
+    "Refresh mode IMMEDIATE is not available yet; use AUTO, DIFFERENTIAL or FULL",
+  );
+}
+
 /** 422: a refresh failed on the data (the query is valid but errors on what the sources now hold). */
 export function refreshFailed(message: string, sqlstate: string): TrickleError {
-  return new TrickleError("RefreshFailed", 422, `The refresh failed: ${message}`, { sqlstate });
+  return new TrickleError("RefreshFailed", `The refresh failed: ${message}`, { sqlstate });
 }
 
 /** 409: a source of the stream table was dropped, renamed, or changed so that its defining query no longer fits. */
 export function sourceChanged(message: string): TrickleError {
-  return new TrickleError("SourceChanged", 409, message);
-}
-
-/** 409: the operation conflicts with the current state (a dependent stream table, a refresh in progress). */
-export function conflict(code: string, message: string): TrickleError {
-  return new TrickleError(code, 409, message);
+  return new TrickleError("SourceChanged", message);
 }

@@ -19,12 +19,13 @@ import {
 import { installCapture, removeCaptureIfUnused } from "./cdc.ts";
 import type { DatabaseContext } from "./context.ts";
 import {
-  conflict,
+  hasDependents,
+  immediateUnavailable,
   invalidQuery,
+  schemaNotFound,
   sourceChanged,
   streamTableExists,
   streamTableNotFound,
-  TrickleError,
   unsupportedQuery,
 } from "./errors.ts";
 import { describeQuery } from "./query.ts";
@@ -63,15 +64,6 @@ export function effectiveMode(
   }
 }
 
-/** IMMEDIATE is refused before any work (describing or planning the query): no plan can make it available. */
-function immediateUnavailable(): TrickleError {
-  return new TrickleError(
-    "UnsupportedRefreshMode",
-    422,
-    "Refresh mode IMMEDIATE is not available yet; use AUTO, DIFFERENTIAL or FULL",
-  );
-}
-
 /**
  * Creates a stream table: validates the query against the database, creates the storage table, registers it,
  * installs change capture on its sources (committed first, see cdc.ts), then runs the initial refresh. When the
@@ -97,7 +89,7 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
       if (taken?.t === true) throw streamTableExists(label);
       const [schema] = await tx`SELECT 1 FROM pg_namespace WHERE nspname = ${input.name.schema}`;
       if (schema === undefined) {
-        throw new TrickleError("SchemaNotFound", 404, `Schema "${input.name.schema}" does not exist`);
+        throw schemaNotFound(input.name.schema);
       }
       await createStorage(tx, input.name, plan);
       const [rel] = await tx<{ oid: number }[]>`SELECT ${quoteQualified(input.name)}::regclass::oid::int8 AS oid`;
@@ -268,10 +260,7 @@ async function refuseReaders(tx: Tx, pgtId: number, label: string): Promise<void
   const names = await tx<{ n: string }[]>`
     SELECT pgt_schema || '.' || pgt_name AS n FROM pgtrickle.pgt_stream_tables
     WHERE pgt_id = ANY(${dependents.map((d) => d.pgt_id)}) ORDER BY 1`;
-  throw conflict(
-    "StreamTableHasDependents",
-    `Stream table "${label}" is read by ${names.map((r) => `"${r.n}"`).join(", ")}; drop those first`,
-  );
+  throw hasDependents(label, names.map((r) => r.n));
 }
 
 /** Drops stream table `pgtId`; false when it no longer exists. */

@@ -12,7 +12,7 @@ import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
 
-export interface AppDeps {
+interface AppDeps {
   engine: Engine;
   log: Logger;
   adminToken: string | null;
@@ -37,7 +37,6 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
       onError: (c) =>
         problemResponse(
           problem(
-            413,
             "PayloadTooLarge",
             `The request body is larger than ${deps.bodyLimitBytes} bytes`,
             requestIds(c),
@@ -72,7 +71,6 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
     if (allowed.length > 0) {
       return problemResponse(
         problem(
-          405,
           "MethodNotAllowed",
           `${c.req.method} is not allowed on ${c.req.path}; allowed: ${allowed.join(", ")}`,
           ids,
@@ -80,7 +78,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
         { allow: allowed.join(", ") },
       );
     }
-    return problemResponse(problem(404, "NotFound", `No route for ${c.req.method} ${c.req.path}`, ids));
+    return problemResponse(problem("NotFound", `No route for ${c.req.method} ${c.req.path}`, ids));
   });
   app.onError((err, c) => errorToResponse(err, c, deps.log));
   return app;

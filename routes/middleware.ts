@@ -7,7 +7,7 @@ import type { Logger } from "../log.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { problem, problemResponse } from "./problem.ts";
 
-export interface AuthSettings {
+interface AuthSettings {
   adminToken: string | null;
   readToken: string | null;
 }
@@ -42,7 +42,6 @@ export function auth(
     if (match === null) {
       return problemResponse(
         problem(
-          401,
           "Unauthorized",
           "This request needs a bearer token: Authorization: Bearer <token>",
           requestIds(c),
@@ -57,7 +56,7 @@ export function auth(
     const detail = isReader
       ? "The read token does not allow changes; use the admin token"
       : "The bearer token is not valid for this service";
-    return problemResponse(problem(403, "Forbidden", detail, requestIds(c)));
+    return problemResponse(problem("Forbidden", detail, requestIds(c)));
   };
 }
 
@@ -66,7 +65,7 @@ export function requestTimeout(ms: number): MiddlewareHandler<AppEnv> {
   return timeout(ms, (c) =>
     new HTTPException(503, {
       res: problemResponse(
-        problem(503, "Timeout", `The request did not finish within ${ms} ms`, requestIds(c)),
+        problem("Timeout", `The request did not finish within ${ms} ms`, requestIds(c)),
       ),
     }));
 }

@@ -2,7 +2,7 @@
 import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { connectionFailure, isConnectionError } from "../db/errors.ts";
-import { databaseUnavailable, TrickleError } from "../engine/errors.ts";
+import { databaseUnavailable, ERROR_CODES, type ErrorCode, TrickleError } from "../engine/errors.ts";
 import type { Logger } from "../log.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 
@@ -15,23 +15,10 @@ export interface Problem {
   [extra: string]: unknown;
 }
 
-const TITLES: Record<number, string> = {
-  400: "Bad Request",
-  401: "Unauthorized",
-  403: "Forbidden",
-  404: "Not Found",
-  405: "Method Not Allowed",
-  409: "Conflict",
-  413: "Content Too Large",
-  415: "Unsupported Media Type",
-  422: "Unprocessable Content",
-  500: "Internal Server Error",
-  503: "Service Unavailable",
-};
-
-/** The problem body for an error code. */
-export function problem(status: number, code: string, detail: string, extra: Record<string, unknown> = {}): Problem {
-  return { type: `urn:trickle:problem:${code}`, title: TITLES[status] ?? "Error", status, detail, code, ...extra };
+/** The problem body for an error code: its status and title come from the code table. */
+export function problem(code: ErrorCode, detail: string, extra: Record<string, unknown> = {}): Problem {
+  const { status, title } = ERROR_CODES[code];
+  return { type: `urn:trickle:problem:${code}`, title, status, detail, code, ...extra };
 }
 
 /** A Response carrying a problem. */
@@ -41,6 +28,13 @@ export function problemResponse(p: Problem, headers: Record<string, string> = {}
     headers: { "content-type": "application/problem+json", ...headers },
   });
 }
+
+/** The codes of the HTTPExceptions hono throws (malformed JSON is a 400, an over-long body a 413). */
+const HTTP_EXCEPTION_CODES: Record<number, ErrorCode> = {
+  400: "BadRequest",
+  401: "Unauthorized",
+  413: "PayloadTooLarge",
+};
 
 /** Seconds a client is asked to wait before retrying on an unavailable database. */
 const RETRY_AFTER_SECONDS = 5;
@@ -54,30 +48,25 @@ export function errorToResponse(err: unknown, c: Context<AppEnv>, log: Logger): 
     const database = c.get("database");
     const e = databaseUnavailable(database, connectionFailure(err));
     log.warn("database unavailable", { ...ids, database, path: c.req.path, error: err });
-    return problemResponse(problem(e.status, e.code, e.message, { ...e.extra, ...ids }), {
+    return problemResponse(problem(e.code, e.message, { ...e.extra, ...ids }), {
       "retry-after": String(RETRY_AFTER_SECONDS),
     });
   }
   if (err instanceof TrickleError) {
-    return problemResponse(problem(err.status, err.code, err.message, { ...err.extra, ...ids }));
+    return problemResponse(problem(err.code, err.message, { ...err.extra, ...ids }));
   }
   if (err instanceof HTTPException) {
     if (err.res !== undefined) return err.res;
-    const status = err.status;
-    if (status === 415) {
+    // What hono's own middleware and validators throw; any other status is unexpected and answered as below.
+    if (err.status === 415) {
       return problemResponse(
-        problem(
-          415,
-          "UnsupportedMediaType",
-          "The request body must be JSON, sent with content-type: application/json",
-          ids,
-        ),
+        problem("UnsupportedMediaType", "The request body must be JSON, sent with content-type: application/json", ids),
       );
     }
-    const code = status === 400 ? "BadRequest" : status === 401 ? "Unauthorized" : `Http${status}`;
-    return problemResponse(problem(status, code, err.message || TITLES[status] || "Error", ids));
+    const code = HTTP_EXCEPTION_CODES[err.status];
+    if (code !== undefined) return problemResponse(problem(code, err.message || ERROR_CODES[code].title, ids));
   }
   // SQL text, parameters and internal messages never reach a response; the log has the detail.
   log.error("unhandled error", { ...ids, path: c.req.path, error: err, stack: (err as Error)?.stack });
-  return problemResponse(problem(500, "InternalError", "An internal error occurred; the log has the detail", ids));
+  return problemResponse(problem("InternalError", "An internal error occurred; the log has the detail", ids));
 }

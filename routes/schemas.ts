@@ -1,7 +1,7 @@
 /** Request and response schemas shared by the routes (zod, with OpenAPI metadata). */
 import { z } from "@hono/zod-openapi";
 
-export const ProblemSchema = z.object({
+const ProblemSchema = z.object({
   type: z.string(),
   title: z.string(),
   status: z.number().int(),
@@ -39,7 +39,7 @@ export const NameParam = z.object({
   name: z.string().openapi({ param: { name: "name", in: "path" }, example: "public.order_totals" }),
 });
 
-export const RefreshModeSchema = z.enum(["AUTO", "FULL", "DIFFERENTIAL", "IMMEDIATE"]);
+const RefreshModeSchema = z.enum(["AUTO", "FULL", "DIFFERENTIAL", "IMMEDIATE"]);
 
 export const StreamTableSchema = z.object({
   name: z.string().openapi({ example: "public.order_totals" }),

@@ -13,6 +13,6 @@ export const validationHook: Hook<any, any, any, any> = (result, c) => {
   }));
   const detail = issues.map((i) => (i.path === "" ? i.message : `${i.path}: ${i.message}`)).join("; ");
   return problemResponse(
-    problem(400, "BadRequest", `Invalid ${result.target}: ${detail}`, { issues, ...requestIds(c) }),
+    problem("BadRequest", `Invalid ${result.target}: ${detail}`, { issues, ...requestIds(c) }),
   );
 };
