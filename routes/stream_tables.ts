@@ -1,21 +1,20 @@
 /** /stream-tables: create, list, read, alter, drop, refresh now, history. */
 import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi";
-import { displayName } from "../db/identifiers.ts";
-import { parseQualifiedName } from "../engine/names.ts";
-import {
-  type Dependency,
-  findStreamTable,
-  listDependencies,
-  listStreamTables,
-  refreshHistory,
-  type StreamTableRow,
-} from "../engine/catalog.ts";
-import type { Engine } from "../engine/engine.ts";
-import { badRequest, refreshFailed, streamTableNotFound, TrickleError } from "../engine/errors.ts";
-import { isPgError, isQueryError } from "../db/errors.ts";
-import { refreshStreamTable } from "../engine/refresh/refresh.ts";
-import { alterStreamTable, createStreamTable, dropStreamTable } from "../engine/stream_tables.ts";
+import type { Context } from "hono";
 import type { DatabaseContext } from "../engine/context.ts";
+import type { Engine } from "../engine/engine.ts";
+import { badRequest } from "../engine/errors.ts";
+import { parseQualifiedName } from "../engine/names.ts";
+import { alterStreamTable, createStreamTable, dropStreamTable } from "../engine/stream_tables.ts";
+import {
+  getStreamTableView,
+  listStreamTableViews,
+  refreshByName,
+  streamTableHistory,
+  type StreamTableView,
+  viewOf,
+} from "../engine/stream_tables_read.ts";
+import type { AppEnv } from "./env.ts";
 import {
   AlterStreamTableSchema,
   CreateStreamTableSchema,
@@ -27,24 +26,13 @@ import {
   StreamTableSchema,
 } from "./schemas.ts";
 import { validationHook } from "./validation.ts";
-import type { AppEnv } from "./env.ts";
-import type { Context } from "hono";
 
 const tags = ["stream tables"];
 const json = <T>(schema: T) => ({ content: { "application/json": { schema } } });
 
 /** The stream table as the API shows it. */
-export async function presentStreamTable(ctx: DatabaseContext, st: StreamTableRow) {
-  const deps = await listDependencies(ctx.sql, { of: st.pgt_id });
-  return present(ctx, st, sourceNames(deps));
-}
-
-/** The sources' names as the API shows them. */
-function sourceNames(deps: Dependency[]): string[] {
-  return deps.map((d) => displayName({ schema: d.source_schema, name: d.source_name }));
-}
-
-function present(ctx: DatabaseContext, st: StreamTableRow, sources: string[]): z.infer<typeof StreamTableSchema> {
+function present(ctx: DatabaseContext, view: StreamTableView): z.infer<typeof StreamTableSchema> {
+  const st = view.st;
   return {
     name: `${st.pgt_schema}.${st.pgt_name}`,
     schema: st.pgt_schema,
@@ -60,7 +48,7 @@ function present(ctx: DatabaseContext, st: StreamTableRow, sources: string[]): z
     frontier: st.frontier,
     row_count: Number(st.row_count),
     columns: st.plan.columns,
-    sources,
+    sources: view.sources,
     last_refresh_at: st.last_refresh_at?.toISOString() ?? null,
     last_full_ms: st.last_full_ms,
     last_diff_ms: st.last_diff_ms,
@@ -69,13 +57,6 @@ function present(ctx: DatabaseContext, st: StreamTableRow, sources: string[]): z
     created_at: st.created_at.toISOString(),
     updated_at: st.updated_at.toISOString(),
   };
-}
-
-async function mustFind(ctx: DatabaseContext, rawName: string): Promise<StreamTableRow> {
-  const name = parseQualifiedName(rawName);
-  const st = await findStreamTable(ctx.sql, name);
-  if (st === undefined) throw streamTableNotFound(displayName(name), ctx.name);
-  return st;
 }
 
 /**
@@ -106,7 +87,7 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
   app.openapi(
     createRoute({
       method: "get",
-      path: "/stream-tables",
+      path: "/",
       tags,
       summary: "List stream tables",
       request: { query: DatabaseQuery },
@@ -117,24 +98,14 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
     }),
     async (c) => {
       const ctx = db(c, { query: c.req.valid("query").database });
-      const [rows, deps] = await Promise.all([listStreamTables(ctx.sql), listDependencies(ctx.sql)]);
-      return c.json(
-        rows.map((st) =>
-          present(
-            ctx,
-            st,
-            sourceNames(deps.filter((d) => d.pgt_id === st.pgt_id)),
-          )
-        ),
-        200,
-      );
+      return c.json((await listStreamTableViews(ctx)).map((view) => present(ctx, view)), 200);
     },
   );
 
   app.openapi(
     createRoute({
       method: "post",
-      path: "/stream-tables",
+      path: "/",
       tags,
       summary: "Create a stream table (validates the query, installs change capture, runs the initial refresh)",
       request: { query: DatabaseQuery, body: { required: true, ...json(CreateStreamTableSchema) } },
@@ -154,14 +125,14 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
         freshnessDeadlineMs: body.freshness_deadline_ms,
       });
       c.header("location", `/stream-tables/${st.pgt_schema}.${st.pgt_name}?database=${encodeURIComponent(ctx.name)}`);
-      return c.json(await presentStreamTable(ctx, st), 201);
+      return c.json(present(ctx, await viewOf(ctx, st)), 201);
     },
   );
 
   app.openapi(
     createRoute({
       method: "get",
-      path: "/stream-tables/{name}",
+      path: "/{name}",
       tags,
       summary: "One stream table",
       request: { params: NameParam, query: DatabaseQuery },
@@ -172,14 +143,15 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
     }),
     async (c) => {
       const ctx = db(c, { query: c.req.valid("query").database });
-      return c.json(await presentStreamTable(ctx, await mustFind(ctx, c.req.valid("param").name)), 200);
+      const name = parseQualifiedName(c.req.valid("param").name);
+      return c.json(present(ctx, await getStreamTableView(ctx, name)), 200);
     },
   );
 
   app.openapi(
     createRoute({
       method: "patch",
-      path: "/stream-tables/{name}",
+      path: "/{name}",
       tags,
       summary: "Alter schedule, refresh mode or deadline; suspend (status SUSPENDED) or resume (status ACTIVE)",
       request: { params: NameParam, query: DatabaseQuery, body: { required: true, ...json(AlterStreamTableSchema) } },
@@ -198,14 +170,14 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
         ...(body.freshness_deadline_ms === undefined ? {} : { freshnessDeadlineMs: body.freshness_deadline_ms }),
         ...(body.status === undefined ? {} : { status: body.status }),
       });
-      return c.json(await presentStreamTable(ctx, st), 200);
+      return c.json(present(ctx, await viewOf(ctx, st)), 200);
     },
   );
 
   app.openapi(
     createRoute({
       method: "delete",
-      path: "/stream-tables/{name}",
+      path: "/{name}",
       tags,
       summary: "Drop a stream table, its storage, and capture on sources nothing else reads",
       request: { params: NameParam, query: DatabaseQuery },
@@ -221,7 +193,7 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
   app.openapi(
     createRoute({
       method: "post",
-      path: "/stream-tables/{name}/refresh",
+      path: "/{name}/refresh",
       tags,
       summary: "Refresh now (waits for a refresh already running)",
       request: { params: NameParam, query: DatabaseQuery },
@@ -232,15 +204,7 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
     }),
     async (c) => {
       const ctx = db(c, { query: c.req.valid("query").database });
-      const st = await mustFind(ctx, c.req.valid("param").name);
-      const r = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" }).catch((e) => {
-        // Dropped by another request since it was found: named as the client named it.
-        if (e instanceof TrickleError && e.code === "StreamTableNotFound") {
-          throw streamTableNotFound(displayName({ schema: st.pgt_schema, name: st.pgt_name }), ctx.name);
-        }
-        // The query failed on the current data (division by zero, a bad cast...): the user's to fix, not a 500.
-        throw isPgError(e) && isQueryError(e) ? refreshFailed(e.message, e.code) : e;
-      });
+      const r = await refreshByName(ctx, parseQualifiedName(c.req.valid("param").name));
       return c.json({
         action: r.action,
         reason: r.reason,
@@ -256,7 +220,7 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
   app.openapi(
     createRoute({
       method: "get",
-      path: "/stream-tables/{name}/history",
+      path: "/{name}/history",
       tags,
       summary: "Refresh history, newest first",
       request: {
@@ -276,10 +240,10 @@ export function streamTableRoutes(engine: Engine): OpenAPIHono<AppEnv> {
     async (c) => {
       const q = c.req.valid("query");
       const ctx = db(c, { query: q.database });
-      const st = await mustFind(ctx, c.req.valid("param").name);
-      const rows = await refreshHistory(ctx.sql, st.pgt_id, {
+      const rows = await streamTableHistory(ctx, {
+        name: parseQualifiedName(c.req.valid("param").name),
         limit: q.limit,
-        ...(q.before === undefined ? {} : { before: q.before }),
+        before: q.before,
       });
       return c.json(
         rows.map((r) => ({
