@@ -28,6 +28,8 @@ function isOpenPath(path: string): boolean {
 /**
  * Writes need the admin token; reads need the read token or the admin token (open when no read token is set).
  * With no admin token at all, everything is open and the server only listens on loopback (main.ts).
+ * Not hono's bearerAuth: it answers a wrong token 401 and a non-Bearer header 400, where the API answers 403 (and
+ * tells the read token from a wrong one) and 401.
  */
 export function auth(
   settings: AuthSettings,
