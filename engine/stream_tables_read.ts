@@ -24,7 +24,7 @@ export interface StreamTableView {
 }
 
 /** Stream table `name`; 404 StreamTableNotFound naming it as the caller did. */
-export async function getStreamTable(ctx: DatabaseContext, name: QualifiedName): Promise<StreamTableRow> {
+async function getStreamTable(ctx: DatabaseContext, name: QualifiedName): Promise<StreamTableRow> {
   const st = await findStreamTable(ctx.sql, name);
   if (st === undefined) throw streamTableNotFound(displayName(name), ctx.name);
   return st;
