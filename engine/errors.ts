@@ -40,16 +40,9 @@ export const ERROR_CODES = {
 /** A stable error code (a key of ERROR_CODES). */
 export type ErrorCode = keyof typeof ERROR_CODES;
 
-type StatusOf<C extends ErrorCode> = (typeof ERROR_CODES)[C]["status"];
-
-/**
- * The constructor's arguments: `(code, message, extra?)`. The older `(code, status, message, extra?)` form (still used
- * by engine/refresh) is accepted only with the table's own status for that code, so the two cannot disagree.
- */
+/** The constructor's arguments: `(code, message, extra?)`; the status comes from the table. */
 type TrickleErrorArgs = {
-  [C in ErrorCode]:
-    | [code: C, message: string, extra?: Record<string, unknown>]
-    | [code: C, status: StatusOf<C>, message: string, extra?: Record<string, unknown>];
+  [C in ErrorCode]: [code: C, message: string, extra?: Record<string, unknown>];
 }[ErrorCode];
 
 /** Errors a caller is expected to catch, each with a stable `code`; the HTTP status comes from ERROR_CODES. */
@@ -59,10 +52,7 @@ export class TrickleError extends Error {
   readonly extra: Record<string, unknown>;
 
   constructor(...args: TrickleErrorArgs) {
-    const [code, ...rest] = args;
-    const [message, extra = {}] = typeof rest[0] === "number"
-      ? [rest[1] as string, rest[2] as Record<string, unknown> | undefined]
-      : [rest[0], rest[1] as Record<string, unknown> | undefined];
+    const [code, message, extra = {}] = args;
     super(message);
     this.name = code;
     this.code = code;

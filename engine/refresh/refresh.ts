@@ -45,7 +45,7 @@ export interface RefreshOptions {
 /** Thrown (and not recorded as a failure) when `skipIfBusy` finds the stream table being refreshed. */
 export class RefreshBusy extends TrickleError {
   constructor(pgtId: number) {
-    super("RefreshInProgress", 409, `Stream table ${pgtId} is being refreshed by another worker`);
+    super("RefreshInProgress", `Stream table ${pgtId} is being refreshed by another worker`);
   }
 }
 
@@ -192,7 +192,7 @@ export async function refreshStreamTable(
 async function lockOrSkip(tx: Tx, pgtId: number, options: RefreshOptions): Promise<StreamTableRow> {
   try {
     const st = await lockStreamTable(tx, pgtId, { nowait: options.skipIfBusy ?? false });
-    if (st === undefined) throw new TrickleError("StreamTableNotFound", 404, `Stream table ${pgtId} no longer exists`);
+    if (st === undefined) throw new TrickleError("StreamTableNotFound", `Stream table ${pgtId} no longer exists`);
     return st;
   } catch (e) {
     if (isPgError(e) && e.code === LOCK_NOT_AVAILABLE) throw new RefreshBusy(pgtId);
