@@ -16,6 +16,8 @@ export interface DatabaseContext {
   /** Its OID in the cluster (metrics and cluster views label by it). */
   oid: number;
   sql: Sql;
+  /** Its connection URL, for a session of its own outside the pool (a creation's lock). */
+  url: string;
   settings: EngineSettings;
   log: Logger;
   clock: Clock;

@@ -38,7 +38,8 @@ export class Engine {
     try {
       for (const name of options.databases) {
         await ensureDatabase(options.url, name, options.log);
-        const sql = connect(urlForDatabase(options.url, name), { max: options.poolSize ?? 10 });
+        const url = urlForDatabase(options.url, name);
+        const sql = connect(url, { max: options.poolSize ?? 10 });
         try {
           await checkServerVersion(sql);
           const applied = await migrate(sql);
@@ -50,6 +51,7 @@ export class Engine {
             name,
             oid: row!.oid,
             sql,
+            url,
             settings: options.settings,
             log: options.log.child({ database: name }),
             clock: options.clock,

@@ -5,7 +5,7 @@
  * so the leader of the database removes it (storage, catalog row, capture no other stream table needs), and the same
  * name can be created again.
  */
-import type { Sql } from "../db/pool.ts";
+import { connect, type Sql } from "../db/pool.ts";
 import { displayName, quoteQualified } from "../db/identifiers.ts";
 import { isPgError, LOCK_NOT_AVAILABLE } from "../db/errors.ts";
 import { lockStreamTable } from "./catalog.ts";
@@ -21,37 +21,28 @@ export interface Creation extends AsyncDisposable {
 }
 
 /**
- * Reserves the next stream table id and takes its creation lock on a reserved connection, held until the creation
+ * Reserves the next stream table id and takes its creation lock on a session of its own, held until the creation
  * is disposed (answered, failed or not). The id is taken before the catalog row exists, so the row is never visible
- * without its lock.
+ * without its lock. The session is a one-connection client, not a connection reserved from the pool: postgres.js
+ * 3.4.9 can strand a queued `reserve()` for ever when a pool connection closes meanwhile (porsager/postgres#1195),
+ * which hung concurrent creations.
  */
-export async function beginCreation(sql: Sql): Promise<Creation> {
-  const releaseSlot = await creationSlot(sql);
-  let session;
-  try {
-    session = await sql.reserve();
-  } catch (e) {
+export async function beginCreation(ctx: DatabaseContext): Promise<Creation> {
+  const releaseSlot = await creationSlot(ctx.sql);
+  const session = connect(ctx.url, { max: 1 });
+  const close = async () => {
+    await session.end({ timeout: 1 }).catch(() => {});
     releaseSlot();
-    throw e;
-  }
+  };
   try {
     const [row] = await session<{ id: number }[]>`
       SELECT nextval(pg_get_serial_sequence('pgtrickle.pgt_stream_tables', 'pgt_id'))::int8 AS id`;
     const pgtId = row!.id;
     await session`SELECT pg_advisory_lock(${CREATION_LOCK}, ${lockKey(pgtId)})`;
-    return {
-      pgtId,
-      [Symbol.asyncDispose]: async () => {
-        await session`SELECT pg_advisory_unlock(${CREATION_LOCK}, ${lockKey(pgtId)})`.catch(() => {
-          // The connection is gone, and the lock with it.
-        });
-        session.release();
-        releaseSlot();
-      },
-    };
+    // Closing the session releases the lock with it.
+    return { pgtId, [Symbol.asyncDispose]: close };
   } catch (e) {
-    session.release();
-    releaseSlot();
+    await close();
     throw e;
   }
 }
@@ -60,9 +51,8 @@ export async function beginCreation(sql: Sql): Promise<Creation> {
 const slots = new WeakMap<Sql, { free: number; waiting: (() => void)[] }>();
 
 /**
- * Waits until fewer creations than the pool has connections are in flight; returns the slot's release. A creation
- * holds its reserved connection while its work takes another from the same pool: as many creations as connections
- * would each hold one and wait forever for a second.
+ * Waits until fewer creations than the pool has connections are in flight; returns the slot's release. Each
+ * creation holds a session of its own beside its pool work: this bounds those extra connections.
  */
 async function creationSlot(sql: Sql): Promise<() => void> {
   let s = slots.get(sql);

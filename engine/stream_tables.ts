@@ -81,7 +81,7 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
   const { mode, reason } = effectiveMode(input.refreshMode, plan);
   const label = displayName(input.name);
   // Held until this function returns: a row left INITIALIZING without it was abandoned (see recovery.ts).
-  await using creation = await beginCreation(ctx.sql);
+  await using creation = await beginCreation(ctx);
   let pgtId: number;
   try {
     pgtId = await ctx.sql.begin(async (tx) => {
