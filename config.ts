@@ -84,6 +84,11 @@ const SETTINGS = {
   logLevel: ["TRICKLE_LOG_LEVEL", z.enum(["debug", "info", "warn", "error"]), "info"],
 } as const;
 
+/** Every setting as [file key, environment variable]: what docs/CONFIGURATION.md must list. */
+export function settingNames(): [key: string, variable: string][] {
+  return Object.entries(SETTINGS).map(([key, [variable]]) => [key, variable]);
+}
+
 function isPostgresUrl(v: string | null): boolean {
   if (v === null) return true;
   try {
