@@ -61,6 +61,11 @@ const AnnotationsBody = z.object({
   adhocFilters: z.array(Filter).optional(),
 });
 
+/** Ad-hoc filters: `filters` (plugin 0.6.4 and later) and `adhocFilters` (older); either, or both, apply. */
+function adhoc(b: { filters?: grafana.AdhocFilter[] | undefined; adhocFilters?: grafana.AdhocFilter[] | undefined }) {
+  return [...(b.filters ?? []), ...(b.adhocFilters ?? [])];
+}
+
 /** The body parsed by `schema`, or a 400 naming the first problem. */
 async function body<T extends z.ZodType>(req: Request, schema: T): Promise<z.output<T>> {
   let raw: unknown;
@@ -106,7 +111,7 @@ export function grafanaRoutes(engine: Engine, log: Logger): Hono<AppEnv> {
         refId: t.refId,
         payload: t.payload,
       })),
-      filters: b.filters ?? b.adhocFilters ?? [],
+      filters: adhoc(b),
     });
     return c.json(frames);
   });
@@ -126,7 +131,7 @@ export function grafanaRoutes(engine: Engine, log: Logger): Hono<AppEnv> {
         query: b.annotation.query,
         name: b.annotation.name,
         range: grafana.rangeOf({ ...b.range }, new Date()),
-        filters: b.filters ?? b.adhocFilters ?? [],
+        filters: adhoc(b),
       }),
     );
   });
