@@ -46,7 +46,13 @@ export interface ListenOptions {
   log: Logger;
   /** The listener's name in the log ("main", "metrics"). */
   name: string;
+  /** How long a client may take to send a request's headers before a 408 (default 10 s). */
+  headersTimeoutMs?: number;
 }
+
+const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
+/** How long a client may take to send a whole request (headers and body). */
+const REQUEST_TIMEOUT_MS = 60_000;
 
 /** Serves `app` on node:http; rejects with PortInUse when the port is taken. */
 export function listen(
@@ -54,7 +60,19 @@ export function listen(
   options: ListenOptions,
 ): Promise<Listener> {
   // overrideGlobalObjects: the adapter would otherwise replace the global Request and Response with its own.
-  const server = createAdaptorServer({ fetch: app.fetch, hostname: options.hostname, overrideGlobalObjects: false });
+  const headersTimeout = options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
+  const server = createAdaptorServer({
+    fetch: app.fetch,
+    hostname: options.hostname,
+    overrideGlobalObjects: false,
+    // A client that trickles its request in (slowloris) is answered 408 and disconnected. Deno's node:http only
+    // enforces these at each connectionsCheckingInterval, so the interval is a fraction of the limit.
+    serverOptions: {
+      headersTimeout: headersTimeout,
+      requestTimeout: Math.max(REQUEST_TIMEOUT_MS, headersTimeout),
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
+    },
+  });
   (server as Server).on("clientError", (err: Error & { code?: string; rawPacket?: Uint8Array }, socket: Socket) => {
     if (err.code === "ECONNRESET" || !socket.writable) return void socket.destroy();
     const answer = malformedRequestAnswer(err);
