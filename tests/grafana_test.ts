@@ -299,6 +299,17 @@ Deno.test({
         ]);
         assert.deepEqual(workers.rows.map((r) => r[0]), cluster.databases.map((d) => d.db_name));
         await message("/query", queryBody([{ target: "recommendations" }]), 400, /Unknown target "recommendations"/);
+        // Code mode sends the payload as the JSON text typed in the editor.
+        const code = assertFrames(
+          await post("/query", queryBody([{ target: "stream_tables", payload: JSON.stringify({ database: db2 }) }])),
+        ) as Table[];
+        assert.deepEqual(code[0]!.rows.map((r) => r[1]), ["public.other_copy"]);
+        await message(
+          "/query",
+          queryBody([{ target: "stream_tables", payload: "{oops" }]),
+          400,
+          /payload must be a JSON/,
+        );
       });
 
       await t.step("/variable lists databases and stream tables as __text/__value", async () => {
