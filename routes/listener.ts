@@ -9,9 +9,11 @@
  * What it costs, measured before choosing (`deno task bench --only http`: the API app, 50 concurrent keep-alive
  * clients in another process, 2 shared CPUs, load average 4-7): a trivial route 1,536 req/s on node:http against
  * 4,197 on Deno.serve, p99 98 ms against 53 ms; /health 2,108 against 3,851 req/s, p99 105 against 52 ms. A bare
- * "ok" handler without Hono shows the same gap (3.8k against 7.0k req/s), so it is Deno's node:http itself, not the
- * adapter. Chosen anyway: the issue requires the 400 with a body, the API's real requests are bound by PostgreSQL
- * round trips far below 1,500 req/s, and below saturation the latencies are alike.
+ * "ok" handler without Hono shows most of the gap (3.8k against 7.0k req/s): it is mostly Deno's node:http itself,
+ * the adapter adds the rest. A second run at load average 10 gave 827 against 2,373 req/s (trivial) and 666 against 2,282 (/health),
+ * p99 161 against 80 ms and 232 against 81 ms: about 3x when the CPUs are contended. In time per request at
+ * saturation that is 0.4 to 1 ms more per request. Chosen anyway: the issue requires the 400 with a body, and that
+ * overhead is small beside what an API request that reads PostgreSQL costs.
  */
 import { createAdaptorServer } from "@hono/node-server";
 import type { Server } from "node:http";
