@@ -4,7 +4,7 @@
  * with their ratio and goal, then stops the server.
  *
  *   deno task bench                          all benchmarks
- *   deno task bench --only service           one suite: foundation, differential, service
+ *   deno task bench --only service           one suite: foundation, differential, service, http
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
  */
@@ -12,6 +12,7 @@ import { connect } from "../db/pool.ts";
 import { startThrowawayServer } from "../tests/support/embedded_server.ts";
 import { runDifferentialBench } from "./differential_bench.ts";
 import { runFoundationBench } from "./foundation_bench.ts";
+import { runHttpBench } from "./http_bench.ts";
 import { runServiceBench } from "./service_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
@@ -20,6 +21,7 @@ const SUITES = {
   foundation: runFoundationBench,
   differential: runDifferentialBench,
   service: runServiceBench,
+  http: runHttpBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

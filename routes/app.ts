@@ -6,6 +6,7 @@ import type { Engine } from "../engine/engine.ts";
 import type { Logger } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { docsRoutes } from "./docs.ts";
+import { grafanaRoutes, isGrafanaPath } from "./grafana.ts";
 import { healthRoutes } from "./health.ts";
 import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
@@ -19,6 +20,8 @@ interface AppDeps {
   readToken: string | null;
   bodyLimitBytes: number;
   requestTimeoutMs: number;
+  /** The time limit of /grafana (and /metrics) requests; default 5000. */
+  metricsRequestTimeoutMs?: number;
   /** True once shutdown has begun (readiness answers 503). */
   shuttingDown?: () => boolean;
 }
@@ -28,8 +31,9 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const app = new OpenAPIHono<AppEnv>();
   app.use("*", requestId());
   app.use("*", accessLog(deps.log));
-  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }));
+  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }, { readPaths: isGrafanaPath }));
   app.use("*", requestTimeout(deps.requestTimeoutMs));
+  app.use("/grafana/*", requestTimeout(deps.metricsRequestTimeoutMs ?? 5000));
   app.use(
     "*",
     bodyLimit({
@@ -46,6 +50,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   );
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
+  app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
   app.route("/", docsRoutes());
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
