@@ -116,6 +116,7 @@ async function main(): Promise<number> {
     readToken: config.readToken,
     bodyLimitBytes: config.bodyLimitBytes,
     requestTimeoutMs: config.requestTimeoutMs,
+    metricsSelfCheck: config.metricsSelfCheck,
     shuttingDown: () => shuttingDown,
   });
 

@@ -7,6 +7,7 @@ import type { Logger } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { docsRoutes } from "./docs.ts";
 import { healthRoutes } from "./health.ts";
+import { metricsRoutes } from "./metrics.ts";
 import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
@@ -19,6 +20,8 @@ interface AppDeps {
   readToken: string | null;
   bodyLimitBytes: number;
   requestTimeoutMs: number;
+  /** Validate every /metrics body before serving it (setting metricsSelfCheck; default on). */
+  metricsSelfCheck?: boolean;
   /** True once shutdown has begun (readiness answers 503). */
   shuttingDown?: () => boolean;
 }
@@ -47,6 +50,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
   app.route("/", docsRoutes());
+  app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck ?? true, log: deps.log }));
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
     openapi: "3.1.0",
