@@ -87,7 +87,7 @@ const SETTINGS = {
   scheduleAlertCooldownSeconds: ["TRICKLE_SCHEDULE_ALERT_COOLDOWN_SECONDS", int(0, 86_400 * 7), 300],
   metricsPort: ["TRICKLE_METRICS_PORT", z.preprocess((v) => (v === "" ? null : v), int(0, 65535).nullable()), null],
   metricsRequestTimeoutMs: ["TRICKLE_METRICS_REQUEST_TIMEOUT_MS", int(1, 600_000), 5000],
-  metricsSelfCheck: ["TRICKLE_METRICS_SELF_CHECK", booleanFlag, true],
+  metricsSelfCheck: ["TRICKLE_METRICS_SELF_CHECK", booleanFlag, false],
   requestTimeoutMs: ["TRICKLE_REQUEST_TIMEOUT_MS", int(1, 3_600_000), 30_000],
   bodyLimitBytes: ["TRICKLE_BODY_LIMIT_BYTES", int(1, 1 << 30), 1 << 20],
   historyRetentionDays: ["TRICKLE_HISTORY_RETENTION_DAYS", int(1, 3650), 7],

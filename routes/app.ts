@@ -20,7 +20,7 @@ interface AppDeps {
   readToken: string | null;
   bodyLimitBytes: number;
   requestTimeoutMs: number;
-  /** Validate every /metrics body before serving it (setting metricsSelfCheck; default on). */
+  /** Validate every /metrics body before serving it (setting metricsSelfCheck; off unless set). */
   metricsSelfCheck?: boolean;
   /** True once shutdown has begun (readiness answers 503). */
   shuttingDown?: () => boolean;
@@ -50,7 +50,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
   app.route("/", docsRoutes());
-  app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck ?? true, log: deps.log }));
+  app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck ?? false, log: deps.log }));
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
     openapi: "3.1.0",

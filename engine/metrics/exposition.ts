@@ -56,6 +56,7 @@ export function labelText(pairs: [name: string, value: string | number][]): Labe
 
 /** A sample value: integers as written, +Inf/-Inf/NaN spelled as both formats require. */
 export function formatNumber(v: number): string {
+  if (Number.isFinite(v)) return String(v);
   if (Number.isNaN(v)) return "NaN";
   if (v === Infinity) return "+Inf";
   if (v === -Infinity) return "-Inf";
@@ -101,12 +102,15 @@ export function render(families: Family[], format: Format): string {
       continue;
     }
     const sampleName = f.type === "counter" ? `${f.name}_total` : f.type === "info" ? `${f.name}_info` : f.name;
+    const created = om && f.type === "counter" ? `${f.name}_created` : null;
+    // The hot loop (one line per stream table and family): plain concatenation, no template or array per line.
+    let chunk = "";
     for (const s of f.samples) {
-      out.push(`${sampleName}${braces(s.labels)} ${formatNumber(s.value)}`);
-      if (om && f.type === "counter" && s.created !== undefined) {
-        out.push(`${f.name}_created${braces(s.labels)} ${formatNumber(s.created)}`);
-      }
+      const labels = s.labels === "" ? " " : "{" + s.labels + "} ";
+      chunk += sampleName + labels + formatNumber(s.value) + "\n";
+      if (created !== null && s.created !== undefined) chunk += created + labels + formatNumber(s.created) + "\n";
     }
+    if (chunk !== "") out.push(chunk.slice(0, -1));
   }
   if (om) out.push("# EOF");
   return out.join("\n") + "\n";

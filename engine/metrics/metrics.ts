@@ -14,12 +14,28 @@ export interface ExposeOptions {
   log: Logger;
 }
 
+type Exposition = { body: string; contentType: string; format: Format };
+
+/**
+ * Scrapes in flight, per engine and format: a request arriving while one runs shares its answer instead of reading
+ * every database again, so many concurrent scrapers cost one scrape (the answer is as fresh as the request).
+ */
+const inflight = new WeakMap<Engine, Map<Format, Promise<Exposition>>>();
+
 /** The exposition and its exact content type; 500 MetricsInvalid (logged, counted) when the self-check fails. */
-export async function exposeMetrics(
-  engine: Engine,
-  options: ExposeOptions,
-): Promise<{ body: string; contentType: string; format: Format }> {
+export function exposeMetrics(engine: Engine, options: ExposeOptions): Promise<Exposition> {
   const format = negotiate(options.accept);
+  const running = inflight.get(engine) ?? new Map<Format, Promise<Exposition>>();
+  inflight.set(engine, running);
+  let p = running.get(format);
+  if (p === undefined) {
+    p = scrape(engine, format, options).finally(() => running.delete(format));
+    running.set(format, p);
+  }
+  return p;
+}
+
+async function scrape(engine: Engine, format: Format, options: ExposeOptions): Promise<Exposition> {
   const [scrapes, workers] = await Promise.all([
     Promise.all(engine.all().map((ctx) => scrapeDatabase(ctx, engine.metrics))),
     engine.scheduler.clusterWorkers().catch((e) => {

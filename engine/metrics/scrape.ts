@@ -6,7 +6,7 @@
 import type { DatabaseContext } from "../context.ts";
 import type { ClusterWorkers } from "../scheduler/pool.ts";
 import { VERSION } from "../../version.ts";
-import { type Family, type HistogramSample, labelText, type Sample } from "./exposition.ts";
+import { escapeLabelValue, type Family, type HistogramSample, labelText, type Sample } from "./exposition.ts";
 import { freshness } from "./freshness.ts";
 import { ACTIONS, DURATION_BOUNDS, type Histogram, type MetricsRegistry } from "./registry.ts";
 
@@ -120,6 +120,12 @@ const ST_GAUGES: [name: string, help: string, unit: string | undefined, value: G
   ],
 ];
 
+const COUNTERS: [name: string, help: string][] = [
+  ["pg_trickle_refreshes", "Successful refreshes per stream table since the service started"],
+  ["pg_trickle_refresh_failures", "Failed refreshes per stream table since the service started"],
+  ["pg_trickle_rows_changed", "Rows inserted plus rows deleted by refreshes per stream table"],
+];
+
 /** The metric families of a scrape, in a fixed order. */
 export function families(
   scrapes: DatabaseScrape[],
@@ -127,8 +133,10 @@ export function families(
 ): Family[] {
   const { registry } = options;
   const dbLabels = (d: DatabaseScrape["db"]) => [["db_oid", d.oid], ["db_name", d.name]] as [string, string | number][];
-  const stLabels = (d: DatabaseScrape, s: { schema: string; name: string }) =>
-    labelText([...dbLabels(d.db), ["schema", s.schema], ["name", s.name]]);
+  // Hot path (every stream table and source, every family): plain concatenation, escaping only what needs it.
+  const dbText = (d: DatabaseScrape["db"]) => `db_oid="${d.oid}",db_name="${escapeLabelValue(d.name)}"`;
+  const stLabels = (db: string, s: { schema: string; name: string }) =>
+    `${db},schema="${escapeLabelValue(s.schema)}",name="${escapeLabelValue(s.name)}"`;
   const perDb = (value: (d: DatabaseScrape) => number): Sample[] =>
     scrapes.map((d) => ({ labels: labelText(dbLabels(d.db)), value: value(d) }));
   const out: Family[] = [
@@ -156,49 +164,30 @@ export function families(
       samples: perDb((d) => d.seconds),
     },
   ];
-  const counter = (
-    name: string,
-    help: string,
-    pick: (c: ReturnType<MetricsRegistry["streamTable"]>) => { value: number; created: number },
-  ): Family => ({
-    name,
-    type: "counter",
-    help,
-    samples: scrapes.flatMap((d) =>
-      d.streamTables.map((s) => {
-        const c = pick(registry.streamTable(d.db.oid, s.pgt_id));
-        return { labels: stLabels(d, s), value: c.value, created: c.created };
-      })
-    ),
-  });
-  out.push(
-    counter(
-      "pg_trickle_refreshes",
-      "Successful refreshes per stream table since the service started",
-      (c) => c.refreshes,
-    ),
-    counter(
-      "pg_trickle_refresh_failures",
-      "Failed refreshes per stream table since the service started",
-      (c) => c.failures,
-    ),
-    counter(
-      "pg_trickle_rows_changed",
-      "Rows inserted plus rows deleted by refreshes per stream table",
-      (c) => c.rowsChanged,
-    ),
-  );
-  for (const [name, help, unit, value] of ST_GAUGES) {
-    const samples = scrapes.flatMap((d) =>
-      d.streamTables.flatMap((s) => {
-        const v = value(s);
-        return v === null ? [] : [{ labels: stLabels(d, s), value: v }];
-      })
-    );
+  // One pass over the stream tables, their labels escaped once for every family they appear in.
+  const counters: Sample[][] = [[], [], []];
+  const gauges = ST_GAUGES.map((): Sample[] => []);
+  for (const d of scrapes) {
+    const db = dbText(d.db);
+    for (const s of d.streamTables) {
+      const labels = stLabels(db, s);
+      const c = registry.streamTable(d.db.oid, s.pgt_id);
+      counters[0]!.push({ labels, value: c.refreshes.value, created: c.refreshes.created });
+      counters[1]!.push({ labels, value: c.failures.value, created: c.failures.created });
+      counters[2]!.push({ labels, value: c.rowsChanged.value, created: c.rowsChanged.created });
+      for (let i = 0; i < ST_GAUGES.length; i++) {
+        const v = ST_GAUGES[i]![3](s);
+        if (v !== null) gauges[i]!.push({ labels, value: v });
+      }
+    }
+  }
+  COUNTERS.forEach(([name, help], i) => out.push({ name, type: "counter", help, samples: counters[i]! }));
+  ST_GAUGES.forEach(([name, help, unit], i) => {
+    const samples = gauges[i]!;
     out.push(
       unit === undefined ? { name, type: "gauge", help, samples } : { name, type: "gauge", help, unit, samples },
     );
-  }
+  });
   out.push({
     name: "pg_trickle_refresh_duration_seconds",
     type: "histogram",
@@ -214,7 +203,10 @@ export function families(
     name: "pg_trickle_change_buffer_rows",
     type: "gauge",
     help: "Rows in the change buffer of a source table (schema, name: the source)",
-    samples: scrapes.flatMap((d) => d.buffers.map((b) => ({ labels: stLabels(d, b), value: b.rows }))),
+    samples: scrapes.flatMap((d) => {
+      const db = dbText(d.db);
+      return d.buffers.map((b) => ({ labels: stLabels(db, b), value: b.rows }));
+    }),
   });
   const workers = new Map((options.workers?.databases ?? []).map((w) => [w.db_oid, w]));
   const worker = (name: string, help: string, pick: (w: ClusterWorkers["databases"][number]) => number): Family => ({
