@@ -1,7 +1,7 @@
 /** The renderer and content negotiation, without a database: what a scraper reads in each format. */
 import assert from "node:assert/strict";
 import { validateOpenMetrics } from "../engine/metrics/conformance.ts";
-import { type Family, labelText, negotiate, render } from "../engine/metrics/exposition.ts";
+import { type Family, formatNumber, labelText, negotiate, render } from "../engine/metrics/exposition.ts";
 import { PROMETHEUS_ACCEPT } from "./support/metrics.ts";
 
 Deno.test("negotiation: OpenMetrics 1.0 when Accept allows it at least as much as text, else 0.0.4", () => {
@@ -70,6 +70,17 @@ Deno.test("render: OpenMetrics with _created, UNIT, escaping and # EOF; valid", 
       "",
     ].join("\n"),
   );
+});
+
+Deno.test("formatNumber: the shortest decimal a float parser reads back exactly, fast path included", () => {
+  for (
+    const v of [0, 3, -7, 0.1, 0.05, 0.005, 1.5, -0.001, 12.34, 1764201037.123, 1764201037.1, 1 / 3, 1e-7, 2 ** 60]
+  ) {
+    const text = formatNumber(v);
+    assert.equal(Number(text), v, `${v} -> ${text}`);
+    assert.equal(text, String(v), `${v} reads as String() writes it`);
+  }
+  assert.deepEqual([NaN, Infinity, -Infinity].map(formatNumber), ["NaN", "+Inf", "-Inf"]);
 });
 
 Deno.test("render: 0.0.4 names counters by their sample, infos as gauges, no _created, UNIT or # EOF", () => {

@@ -81,8 +81,8 @@ export async function scrapeDatabase(ctx: DatabaseContext, registry: MetricsRegi
         name: r.pgt_name,
         status: r.status,
         consecutive_errors: r.consecutive_errors,
-        lag: result.lag.get(r.pgt_id) ?? null,
-        since_refresh: r.last_refresh_at === null ? null : Math.max(0, now - r.last_refresh_at),
+        lag: millis(result.lag.get(r.pgt_id) ?? null),
+        since_refresh: r.last_refresh_at === null ? null : millis(Math.max(0, now - r.last_refresh_at)),
       })),
       buffers: buffers.map((b) => ({
         schema: b.source_schema,
@@ -270,6 +270,11 @@ export function families(
     },
   );
   return out;
+}
+
+/** Seconds rounded to the millisecond: finer is noise here, and the renderer writes such values fast. */
+function millis(seconds: number | null): number | null {
+  return seconds === null ? null : Math.round(seconds * 1000) / 1000;
 }
 
 function histogramSample(labels: string, h: Histogram): HistogramSample {
