@@ -172,7 +172,10 @@ export function recordAlert(db: DatabaseContext, kind: string): void {
   registries.get(db.events)?.countAlert(db.oid, kind);
 }
 
-/** For the alert subsystem: counts one webhook delivery to `sink` with its outcome (pg_trickle_webhook_deliveries_total). */
+/**
+ * For the alert subsystem: counts one webhook delivery to `sink` with its outcome (pg_trickle_webhook_deliveries_total).
+ * `sink` becomes a label value anyone with the read token can see: pass the sink's name, never a URL with a secret.
+ */
 export function recordDelivery(db: DatabaseContext, delivery: { sink: string; outcome: string }): void {
   registries.get(db.events)?.countDelivery(db.oid, delivery);
 }
