@@ -110,6 +110,7 @@ async function main(): Promise<number> {
     bodyLimitBytes: config.bodyLimitBytes,
     requestTimeoutMs: config.requestTimeoutMs,
     metricsRequestTimeoutMs: config.metricsRequestTimeoutMs,
+    metricsSelfCheck: config.metricsSelfCheck,
     shuttingDown: () => shuttingDown,
   });
 
@@ -126,6 +127,7 @@ async function main(): Promise<number> {
         readToken: config.readToken,
         bodyLimitBytes: config.bodyLimitBytes,
         metricsRequestTimeoutMs: config.metricsRequestTimeoutMs,
+        metricsSelfCheck: config.metricsSelfCheck,
         shuttingDown: () => shuttingDown,
       });
       const metrics = await listen(metricsApp, {

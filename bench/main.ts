@@ -4,7 +4,7 @@
  * with their ratio and goal, then stops the server.
  *
  *   deno task bench                          all benchmarks
- *   deno task bench --only service           one suite: foundation, differential, service, http
+ *   deno task bench --only service           one suite: foundation, differential, service, http, metrics
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
  */
@@ -13,6 +13,7 @@ import { startThrowawayServer } from "../tests/support/embedded_server.ts";
 import { runDifferentialBench } from "./differential_bench.ts";
 import { runFoundationBench } from "./foundation_bench.ts";
 import { runHttpBench } from "./http_bench.ts";
+import { runMetricsBench } from "./metrics_bench.ts";
 import { runServiceBench } from "./service_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
@@ -22,6 +23,7 @@ const SUITES = {
   differential: runDifferentialBench,
   service: runServiceBench,
   http: runHttpBench,
+  metrics: runMetricsBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

@@ -6,6 +6,7 @@ import type { Clock } from "./clock.ts";
 import type { DatabaseContext, EngineSettings } from "./context.ts";
 import { databaseNotFound } from "./errors.ts";
 import { EngineEvents } from "./events.ts";
+import { MetricsRegistry } from "./metrics/registry.ts";
 import type { Logger } from "../log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
 
@@ -22,10 +23,13 @@ export interface EngineOptions {
 /** The managed databases and their scheduler. */
 export class Engine {
   readonly scheduler: Scheduler;
+  /** In-memory metrics, fed by the events from the first one on. */
+  readonly metrics: MetricsRegistry;
   readonly #contexts: Map<string, DatabaseContext>;
   readonly #defaultName: string;
 
-  private constructor(contexts: DatabaseContext[], scheduler: Scheduler) {
+  private constructor(contexts: DatabaseContext[], scheduler: Scheduler, metrics: MetricsRegistry) {
+    this.metrics = metrics;
     this.#contexts = new Map(contexts.map((c) => [c.name, c]));
     this.#defaultName = contexts[0]!.name;
     this.scheduler = scheduler;
@@ -35,6 +39,7 @@ export class Engine {
   static async open(options: EngineOptions): Promise<Engine> {
     const contexts: DatabaseContext[] = [];
     const events = new EngineEvents(options.log);
+    const metrics = new MetricsRegistry(events);
     try {
       for (const name of options.databases) {
         await ensureDatabase(options.url, name, options.log);
@@ -71,7 +76,7 @@ export class Engine {
       clock: options.clock,
       url: options.url,
     });
-    return new Engine(contexts, scheduler);
+    return new Engine(contexts, scheduler, metrics);
   }
 
   /** Names of the managed databases, the default first. */

@@ -8,6 +8,7 @@ import { VERSION } from "../version.ts";
 import { docsRoutes } from "./docs.ts";
 import { grafanaRoutes, isGrafanaPath } from "./grafana.ts";
 import { healthRoutes } from "./health.ts";
+import { metricsRoutes } from "./metrics.ts";
 import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
@@ -22,6 +23,8 @@ interface AppDeps {
   requestTimeoutMs: number;
   /** The time limit of /grafana (and /metrics) requests; default 5000. */
   metricsRequestTimeoutMs?: number;
+  /** Validate every /metrics body before serving it (setting metricsSelfCheck; off unless set). */
+  metricsSelfCheck?: boolean;
   /** True once shutdown has begun (readiness answers 503). */
   shuttingDown?: () => boolean;
 }
@@ -34,6 +37,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }, { readPaths: isGrafanaPath }));
   app.use("*", requestTimeout(deps.requestTimeoutMs));
   app.use("/grafana/*", requestTimeout(deps.metricsRequestTimeoutMs ?? 5000));
+  app.use("/metrics", requestTimeout(deps.metricsRequestTimeoutMs ?? 5000));
   app.use(
     "*",
     bodyLimit({
@@ -52,6 +56,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route("/stream-tables", streamTableRoutes(deps.engine));
   app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
   app.route("/", docsRoutes());
+  app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck ?? false, log: deps.log }));
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
     openapi: "3.1.0",

@@ -1,6 +1,6 @@
 /**
  * The app of the optional metrics listener (`metricsPort`): what Prometheus and Grafana call, apart from the API.
- * /health, /grafana (and /metrics, mounted beside it), behind the read token, each request limited to
+ * /health, /metrics and /grafana, behind the read token, each request limited to
  * `metricsRequestTimeoutMs`. With no metrics port, the main app serves the same routes.
  */
 import { Hono } from "hono";
@@ -11,6 +11,7 @@ import type { Logger } from "../log.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { grafanaRoutes, isGrafanaPath } from "./grafana.ts";
 import { healthRoutes } from "./health.ts";
+import { metricsRoutes } from "./metrics.ts";
 import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 
@@ -21,6 +22,8 @@ interface MetricsAppDeps {
   readToken: string | null;
   bodyLimitBytes: number;
   metricsRequestTimeoutMs: number;
+  /** Validate every /metrics body before serving it (setting metricsSelfCheck). */
+  metricsSelfCheck: boolean;
   shuttingDown?: () => boolean;
 }
 
@@ -43,6 +46,7 @@ export function createMetricsApp(deps: MetricsAppDeps): Hono<AppEnv> {
   );
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
+  app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck, log: deps.log }));
   app.notFound((c) =>
     problemResponse(
       problem("NotFound", `No route for ${c.req.method} ${c.req.path} on the metrics listener`, requestIds(c)),

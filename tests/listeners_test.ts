@@ -104,13 +104,21 @@ Deno.test({
       await checkMalformed(t, proc, mainPort, "main");
       await checkMalformed(t, proc, metricsPort, "metrics");
 
-      await t.step("the metrics listener serves /health and /grafana, not the API", async () => {
+      await t.step("the metrics listener serves /health, /metrics and /grafana, not the API", async () => {
         const health = await fetch(`http://127.0.0.1:${metricsPort}/health`);
         assert.equal(health.status, 200);
         assert.equal((await health.json()).status, "ok");
         const grafana = await fetch(`http://127.0.0.1:${metricsPort}/grafana`);
         assert.equal(grafana.status, 200, await grafana.clone().text());
         await grafana.body?.cancel();
+        const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`, {
+          headers: { accept: "application/openmetrics-text; version=1.0.0" },
+        });
+        const body = await metrics.text();
+        assert.equal(metrics.status, 200, body);
+        assert.equal(metrics.headers.get("content-type"), "application/openmetrics-text; version=1.0.0; charset=utf-8");
+        assert.match(body, /^pg_trickle_up\{.*db_name=.*\} 1$/m);
+        assert.ok(body.endsWith("# EOF\n"));
         const api = await fetch(`http://127.0.0.1:${metricsPort}/stream-tables`);
         assert.equal(api.status, 404);
         assert.equal((await api.json()).code, "NotFound");
