@@ -145,6 +145,8 @@ export class WorkerPool {
 
   /** Publishes (or withdraws) this instance's leadership of a database and its queue. */
   async setLeading(dbOid: number, leading: boolean): Promise<void> {
+    // A standby is present too: the cluster view lists it, and the fair share counts the databases it manages.
+    if (!this.#closed) await this.#present(await this.#coordination());
     const lead = this.#leads.get(dbOid);
     if (!leading) {
       if (lead === undefined) return;
@@ -154,9 +156,7 @@ export class WorkerPool {
       return;
     }
     if (lead !== undefined || this.#closed) return;
-    const sql = await this.#coordination();
-    await this.#present(sql);
-    const session = await sql.reserve();
+    const session = await (await this.#coordination()).reserve();
     if (this.#closed || this.#leads.has(dbOid)) return session.release();
     this.#leads.set(dbOid, { session, published: "", busy: false });
     await this.#publish(dbOid);
