@@ -229,7 +229,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "cluster workers: an unknown database in the filter is 404 problem+json; a filter keeps that database",
+  name: "cluster workers: an unknown database in the filter is 404 problem+json; a filter keeps that database; OpenAPI",
   ...dbTest,
   fn: async () => {
     const svc = await startTestService({ extraDatabases: 1 });
@@ -251,6 +251,8 @@ Deno.test({
       assert.deepEqual(w.databases.map((d) => d.quota), [2], "ceil(4 / 2)");
       const all = await (await svc.request("GET", "/cluster/workers")).json() as ClusterWorkers;
       assert.deepEqual(all.databases.map((d) => d.db_name).sort(), [svc.db.name, svc.databases[0]].sort());
+      const doc = await (await svc.request("GET", "/openapi.json")).json() as { paths: Record<string, unknown> };
+      for (const path of ["/cluster/workers", "/cluster/summary"]) assert.ok(path in doc.paths, `${path} documented`);
     } finally {
       await svc.close();
     }
