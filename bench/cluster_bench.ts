@@ -9,7 +9,7 @@
  *    against two scheduler ticks;
  * 2. the use of max_workers over the run (the summary's workers_active / max_workers, mean of the samples): the idle
  *    share against the whole, goal at most 10 % idle, so the busy database takes what the quiet ones leave;
- * 3. the share of refreshes per database (printed as notes).
+ * 3. the share of refreshes per database (in the second figure's description).
  */
 import type { Sql } from "../db/pool.ts";
 import { percentile } from "../engine/cost_model.ts";
@@ -31,8 +31,8 @@ function durationSeconds(): number {
   return v;
 }
 
-/** Runs the cluster benchmark; returns its figures and the notes printed under the table. */
-export async function runClusterBench(opts: BenchOptions): Promise<{ figures: Figure[]; notes: string[] }> {
+/** Runs the cluster benchmark; returns its figures. */
+export async function runClusterBench(opts: BenchOptions): Promise<Figure[]> {
   const seconds = durationSeconds();
   const svc = await startTestService({
     settings: { maxWorkers: MAX_WORKERS, perDatabaseQuota: 0, schedulerIntervalMs: TICK_MS },
@@ -75,7 +75,7 @@ export async function runClusterBench(opts: BenchOptions): Promise<{ figures: Fi
     const to = new Date();
     writing = false;
     await Promise.all(writers);
-    return await figures(svc, { names, from, to, samples, seconds });
+    return await figures(svc, opts, { names, from, to, samples, seconds });
   } finally {
     writing = false;
     await Promise.allSettled(writers);
@@ -97,10 +97,10 @@ async function sampleUse(svc: TestService, ms: number): Promise<number[]> {
 
 async function figures(
   svc: TestService,
+  opts: BenchOptions,
   run: { names: string[]; from: Date; to: Date; samples: number[]; seconds: number },
-): Promise<{ figures: Figure[]; notes: string[] }> {
+): Promise<Figure[]> {
   const out: Figure[] = [];
-  const notes: string[] = [];
   const refreshes: number[] = [];
   for (const [i, name] of run.names.entries()) {
     const sql = svc.engine.db(name).sql;
@@ -119,25 +119,22 @@ async function figures(
   }
   const use = run.samples.reduce((s, v) => s + v, 0) / Math.max(1, run.samples.length);
   const capacityMs = MAX_WORKERS * run.seconds * 1000;
+  const total = refreshes.reduce((s, n) => s + n, 0);
+  const share = (i: number) => `${(100 * refreshes[i]! / Math.max(1, total)).toFixed(1)} %`;
+  const shares = `refreshes per database: ` +
+    run.names.map((_, i) => `${i === 0 ? "busy" : `quiet ${i}`} ${refreshes[i]} (${share(i)})`).join(", ") +
+    `; ${(total / run.seconds).toFixed(1)} refreshes/s`;
+  opts.progress(`cluster: ${shares}`);
   out.push({
     name: `cluster: max_workers left idle while the busy database has work (${(use * 100).toFixed(1)} % used)`,
     measuredMs: (1 - use) * capacityMs,
     baselineMs: capacityMs,
-    baseline:
-      `max_workers x the run (${MAX_WORKERS} x ${run.seconds} s), use sampled from /cluster/workers every 50 ms`,
+    baseline: `max_workers x the run (${MAX_WORKERS} x ${run.seconds} s), use sampled from /cluster/workers ` +
+      `every 50 ms; ${shares}`,
     goal: { kind: "ratio", max: 0.1 },
     runs: run.samples.length,
   });
-  const total = refreshes.reduce((s, n) => s + n, 0);
-  notes.push(
-    `cluster: refreshes per database over ${run.seconds} s: ` +
-      run.names.map((_, i) =>
-        `${i === 0 ? "busy" : `quiet ${i}`} ${refreshes[i]} (${
-          (100 * refreshes[i]! / Math.max(1, total)).toFixed(1)
-        } %)`
-      ).join(", ") + `; ${(total / run.seconds).toFixed(1)} refreshes/s`,
-  );
-  return { figures: out, notes };
+  return out;
 }
 
 /** Scheduled refreshes that started in the run. */

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { connect, urlForDatabase } from "../db/pool.ts";
 import { freshDatabase, serverUrl } from "./support/db.ts";
-import { eventually, type ServiceProcess, spawnService } from "./support/process.ts";
+import { eventually, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
 import { dbTest, startTestService } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 import type { ClusterWorkers } from "../engine/scheduler/pool.ts";
@@ -76,14 +76,7 @@ Deno.test({
       assert.ok(await done() >= 6, "every slow stream table refreshed");
       assert.equal(most, 2, "the cluster ran up to max_workers refreshes at once, never more");
     } finally {
-      for (const p of procs) {
-        try {
-          p.kill("SIGKILL");
-        } catch {
-          // gone
-        }
-        await p.status;
-      }
+      await stopAll(procs);
       await admin.end();
       for (const db of dbs) await db.drop();
     }
