@@ -4,7 +4,8 @@
  * with their ratio and goal, then stops the server.
  *
  *   deno task bench                          all benchmarks
- *   deno task bench --only service           one suite: foundation, differential, service, http, metrics
+ *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster
+ *   BENCH_CLUSTER_SECONDS=10 deno task bench --only cluster   a quick cluster run (default 60 s)
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
  */
@@ -15,6 +16,7 @@ import { runFoundationBench } from "./foundation_bench.ts";
 import { runHttpBench } from "./http_bench.ts";
 import { runMetricsBench } from "./metrics_bench.ts";
 import { runServiceBench } from "./service_bench.ts";
+import { runClusterBench } from "./cluster_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
 /** Each suite creates its own fresh databases on the server and returns its figures. */
@@ -24,6 +26,7 @@ const SUITES = {
   service: runServiceBench,
   http: runHttpBench,
   metrics: runMetricsBench,
+  cluster: runClusterBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

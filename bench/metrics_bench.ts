@@ -84,10 +84,13 @@ function renderFigures(opts: BenchOptions): Figure[] {
       quota: 1,
       quota_utilization_pct: 100,
       oldest_queued_wait_ms: 5,
+      leader: "trickle:1",
     })),
     workers_active: DATABASES,
     workers_queued: 2 * DATABASES,
     max_workers: DATABASES,
+    quota: 1,
+    utilization_pct: 100,
     instances: [],
     leaders: [],
   };

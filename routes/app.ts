@@ -13,6 +13,7 @@ import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
+import { clusterRoutes } from "./cluster.ts";
 
 interface AppDeps {
   engine: Engine;
@@ -55,6 +56,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
   app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
+  app.route("/cluster", clusterRoutes(deps.engine));
   app.route("/", docsRoutes());
   app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck ?? false, log: deps.log }));
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });

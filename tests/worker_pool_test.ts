@@ -142,7 +142,7 @@ Deno.test({
           [dbNames[1], `trickle:${Deno.pid}`],
         ].sort(),
       );
-      assert.deepEqual(w.instances, [{ instance: `trickle:${Deno.pid}`, max_workers: 2 }]);
+      assert.deepEqual(w.instances, [{ instance: `trickle:${Deno.pid}`, max_workers: 2, per_database_quota: 0 }]);
       await a.engine.scheduler.idle();
       const after = await a.engine.scheduler.clusterWorkers();
       assert.equal(after.workers_active + after.workers_queued, 0, "all done, nothing left behind");
