@@ -30,7 +30,7 @@
  * is written twice, here for admission and there for the view, and tests/cluster_workers_test.ts holds them equal.
  */
 import type postgres from "postgres";
-import { connect, type Sql, urlForDatabase } from "../../db/pool.ts";
+import { connect, connectSession, type Sql, urlForDatabase } from "../../db/pool.ts";
 import type { Logger } from "../../log.ts";
 
 /** Advisory lock key of the admission mutex, in the coordination database (arbitrary, fixed). */
@@ -77,7 +77,7 @@ interface Job {
   dbOid: number;
   pgtId: number;
   queuedAt: number;
-  admit: (slot: postgres.ReservedSql) => void;
+  admit: (slot: Sql) => void;
   reject: (e: Error) => void;
 }
 
@@ -99,8 +99,11 @@ export class WorkerPool {
   readonly #local: Map<number, string>;
   #coordinationDatabase: string;
   #sql: Sql | null = null;
-  #presence: postgres.ReservedSql | null = null;
-  readonly #leads = new Map<number, { session: postgres.ReservedSql; published: string; busy: boolean }>();
+  /** Connections of this instance's own in the coordination database (db/pool.ts connectSession), each a marker. */
+  #presence: Sql | null = null;
+  readonly #leads = new Map<number, { session: Sql; published: string; busy: boolean }>();
+  /** Idle run-slot connections, reused by the next admitted job. */
+  #idleSlots: Sql[] = [];
   #queue: Job[] = [];
   readonly #active = new Map<number, number>();
   #pumping = false;
@@ -127,7 +130,7 @@ export class WorkerPool {
   /** Waits for a worker slot of the cluster, runs `fn` holding it, frees it. Rejects when the pool closes first. */
   async run<T>(dbOid: number, pgtId: number, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new Error("The worker pool is closed");
-    const slot = await new Promise<postgres.ReservedSql>((admit, reject) => {
+    const slot = await new Promise<Sql>((admit, reject) => {
       this.#queue.push({ dbOid, pgtId, queuedAt: Date.now(), admit, reject });
       this.#changed(dbOid);
     });
@@ -136,9 +139,15 @@ export class WorkerPool {
       return await fn();
     } finally {
       this.#active.set(dbOid, (this.#active.get(dbOid) ?? 1) - 1);
-      // Back to an idle name before the connection returns to the pool; a broken one leaves with its marker.
-      await slot`SELECT set_config('application_name', ${this.#base}, false)`.catch(() => {});
-      slot.release();
+      // Back to an idle name before the connection is kept for the next job; a broken one is closed, its marker
+      // gone with it.
+      try {
+        await slot`SELECT set_config('application_name', ${this.#base}, false)`;
+        if (this.#closed) await slot.end({ timeout: 1 });
+        else this.#idleSlots.push(slot);
+      } catch {
+        await slot.end({ timeout: 1 }).catch(() => {});
+      }
       this.#changed(dbOid);
     }
   }
@@ -146,18 +155,21 @@ export class WorkerPool {
   /** Publishes (or withdraws) this instance's leadership of a database and its queue. */
   async setLeading(dbOid: number, leading: boolean): Promise<void> {
     // A standby is present too: the cluster view lists it, and the fair share counts the databases it manages.
-    if (!this.#closed) await this.#present(await this.#coordination());
+    if (!this.#closed) {
+      await this.#coordination();
+      await this.#present();
+    }
     const lead = this.#leads.get(dbOid);
     if (!leading) {
       if (lead === undefined) return;
       this.#leads.delete(dbOid);
-      await lead.session`SELECT set_config('application_name', ${this.#base}, false)`.catch(() => {});
-      lead.session.release();
+      await lead.session.end({ timeout: 1 }).catch(() => {});
       return;
     }
     if (lead !== undefined || this.#closed) return;
-    const session = await (await this.#coordination()).reserve();
-    if (this.#closed || this.#leads.has(dbOid)) return session.release();
+    await this.#coordination();
+    const session = connectSession(this.#coordinationUrl(), this.#base);
+    if (this.#closed || this.#leads.has(dbOid)) return void await session.end({ timeout: 1 });
     this.#leads.set(dbOid, { session, published: "", busy: false });
     await this.#publish(dbOid);
   }
@@ -174,8 +186,9 @@ export class WorkerPool {
     this.#wake?.();
     for (const job of this.#queue.splice(0)) job.reject(new Error("The worker pool closed"));
     for (const oid of [...this.#leads.keys()]) await this.setLeading(oid, false);
-    this.#presence?.release();
+    await this.#presence?.end({ timeout: 1 }).catch(() => {});
     this.#presence = null;
+    for (const slot of this.#idleSlots.splice(0)) await slot.end({ timeout: 1 }).catch(() => {});
     await this.#sql?.end({ timeout: 1 });
   }
 
@@ -188,14 +201,28 @@ export class WorkerPool {
   }
 
   /** Marks this instance present with its settings, once (the cluster view counts its databases from it). */
-  async #present(sql: Sql): Promise<void> {
+  async #present(): Promise<void> {
     if (this.#presence !== null || this.#closed) return;
-    const presence = await sql.reserve();
-    if (this.#presence !== null || this.#closed) return presence.release();
-    this.#presence = presence;
     const { maxWorkers, perDatabaseQuota } = this.#settings;
-    await presence`SELECT set_config('application_name',
-      ${`${this.#base}:instance:${maxWorkers}:${perDatabaseQuota}:${this.#local.size}`}, false)`;
+    // The marker is the connection's own name, so a reconnection after a failure publishes it again.
+    const presence = connectSession(
+      this.#coordinationUrl(),
+      `${this.#base}:instance:${maxWorkers}:${perDatabaseQuota}:${this.#local.size}`,
+    );
+    this.#presence = presence;
+    try {
+      await presence`SELECT 1`;
+    } catch (e) {
+      // Not connected, so not published: the next call tries again.
+      if (this.#presence === presence) this.#presence = null;
+      await presence.end({ timeout: 1 }).catch(() => {});
+      throw e;
+    }
+  }
+
+  /** The URL of the coordination database in use (after #coordination() chose it). */
+  #coordinationUrl(): string {
+    return urlForDatabase(this.#url, this.#coordinationDatabase);
   }
 
   /** The coordination pool, opened at first use (falling back to a managed database when the default is absent). */
@@ -283,7 +310,7 @@ export class WorkerPool {
   /** One admission pass under the cluster-wide mutex: admits as many waiting jobs as the limits allow. */
   async #admit(): Promise<void> {
     const sql = await this.#coordination();
-    await this.#present(sql);
+    await this.#present();
     const admitted: Job[] = [];
     await sql.begin(async (tx) => {
       await tx`SELECT pg_advisory_xact_lock(${ADMISSION_LOCK})`;
@@ -312,11 +339,11 @@ export class WorkerPool {
         }
         if (job === undefined) break;
         const mine = running.get(job.dbOid) ?? 0;
-        const slot = await sql.reserve();
+        const slot = this.#idleSlots.pop() ?? connectSession(this.#coordinationUrl(), this.#base);
         try {
           await slot`SELECT set_config('application_name', ${`${this.#base}:run:${job.dbOid}:${job.pgtId}`}, false)`;
         } catch (e) {
-          slot.release();
+          await slot.end({ timeout: 1 }).catch(() => {});
           throw e;
         }
         const admittedJob = job;
