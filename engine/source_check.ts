@@ -26,6 +26,8 @@ export interface SourceCheck {
   st: StreamTableRow;
   /** Set when this refresh must be FULL because a source changed: the reason to record. */
   fullReason: string | null;
+  /** The sources' oids (read with the check, so a refresh needs no query of its own for them). */
+  relids: number[];
 }
 
 interface SourceState {
@@ -89,7 +91,7 @@ export async function checkSources(tx: Tx, st: StreamTableRow): Promise<SourceCh
     }
     // A first refresh (or the first since the upgrade that added the record) records what the plan was made against.
     if (added.length > 0 || sources.some((s) => s.seen === null)) await recordSeen(tx, st.pgt_id, sources);
-    return { st, fullReason: null };
+    return { st, fullReason: null, relids: sources.map((s) => s.relid) };
   }
   const what = changed.map((c) => `source "${c.source.schema}.${c.source.name}" changed: ${c.changes.join(", ")}`)
     .join("; ");
@@ -98,7 +100,11 @@ export async function checkSources(tx: Tx, st: StreamTableRow): Promise<SourceCh
   for (const c of changed) await syncCapture(tx, c.source.relid);
   await tx`UPDATE pgtrickle.pgt_stream_tables SET plan = ${tx.json(plan as never)} WHERE pgt_id = ${st.pgt_id}`;
   await recordSeen(tx, st.pgt_id, sources);
-  return { st: { ...st, plan }, fullReason: `${what}; the defining query still fits, recomputed` };
+  return {
+    st: { ...st, plan },
+    fullReason: `${what}; the defining query still fits, recomputed`,
+    relids: sources.map((s) => s.relid),
+  };
 }
 
 /** The differences between the columns a stream table saw and the source's columns now, in words. */

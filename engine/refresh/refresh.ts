@@ -107,10 +107,15 @@ export async function refreshStreamTable(
   try {
     const result = await withRetry(() =>
       ctx.sql.begin("isolation level repeatable read", async (tx) => {
+        // Sent together (one round trip): the lock's statement is the transaction's first, so it takes the snapshot
+        // S that the second reads back.
+        const [locked, [snap]] = await Promise.all([
+          lockOrSkip(tx, pgtId, options),
+          tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`,
+        ]);
         // A source dropped or changed under the stream table fails here with its reason, or forces a FULL refresh.
-        const { st, fullReason } = await checkSources(tx, await lockOrSkip(tx, pgtId, options));
-        const [snap] = await tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`;
-        sources = await sourceRelids(tx, pgtId);
+        const { st, fullReason, relids } = await checkSources(tx, locked);
+        sources = relids;
         const changes = new Map<number, number>();
         const decision = fullReason === null
           ? await decide(ctx, tx, { st, sources, changes })
@@ -125,15 +130,15 @@ export async function refreshStreamTable(
           counts = { inserted: r.inserted, deleted: r.deleted };
         }
         const durationMs = performance.now() - t0;
-        if (decision.action === "NO_DATA") {
-          // Only the frontier moves. Losing this commit in a crash leaves the previous frontier, which is just as
-          // exact, so the commit need not wait for the WAL flush.
-          await tx`SET LOCAL synchronous_commit = off`;
-        }
         const due = nextDueAfter(st.schedule, startedAt);
         if (due.error !== null) ctx.log.warn("a stream table is not scheduled", { pgt_id: pgtId, error: due.error });
         const rowCount = decision.action === "FULL" ? counts.inserted : st.row_count + counts.inserted - counts.deleted;
-        await tx`
+        // The catalog and history writes are sent together (one round trip).
+        await Promise.all([
+          // Only the frontier moves. Losing this commit in a crash leaves the previous frontier, which is just as
+          // exact, so the commit need not wait for the WAL flush.
+          ...(decision.action === "NO_DATA" ? [tx`SET LOCAL synchronous_commit = off`] : []),
+          tx`
           UPDATE pgtrickle.pgt_stream_tables SET
             frontier = ${snap!.s}::pg_snapshot,
             row_count = ${rowCount},
@@ -145,13 +150,14 @@ export async function refreshStreamTable(
             next_due_at = ${due.at},
             status = CASE WHEN status = 'INITIALIZING' THEN 'ACTIVE' ELSE status END,
             updated_at = now()
-          WHERE pgt_id = ${pgtId}`;
-        await tx`
+          WHERE pgt_id = ${pgtId}`,
+          tx`
           INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, started_at, finished_at, duration_ms, action, status,
             rows_inserted, rows_deleted, delta_rows, initiated_by, reason)
           VALUES (${pgtId}, ${startedAt}, ${new Date(startedAt.getTime() + durationMs)}, ${durationMs},
             ${decision.action}, 'SUCCESS', ${counts.inserted}, ${counts.deleted}, ${decision.deltaRows},
-            ${options.initiatedBy}, ${decision.reason})`;
+            ${options.initiatedBy}, ${decision.reason})`,
+        ]);
         facts = {
           db_name: ctx.name,
           db_oid: ctx.oid,
@@ -200,12 +206,6 @@ async function lockOrSkip(tx: Tx, pgtId: number, options: RefreshOptions): Promi
   }
 }
 
-async function sourceRelids(tx: Tx, pgtId: number): Promise<number[]> {
-  const rows = await tx<{ relid: number }[]>`
-    SELECT source_relid::int8 AS relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = ${pgtId}`;
-  return rows.map((r) => r.relid);
-}
-
 /** Chooses the action; fills `changes` with each source's delta size. */
 async function decide(
   ctx: DatabaseContext,
@@ -227,12 +227,13 @@ async function decide(
   }
   let deltaRows = 0;
   let truncated = false;
-  for (const relid of sources) {
-    const s = await deltaStats(tx, relid, st.frontier);
-    deltaRows += s.rows;
-    truncated ||= s.truncated;
-    changes.set(relid, s.rows);
-  }
+  // One round trip for all sources.
+  const stats = await Promise.all(sources.map((relid) => deltaStats(tx, relid, st.frontier!)));
+  sources.forEach((relid, i) => {
+    deltaRows += stats[i]!.rows;
+    truncated ||= stats[i]!.truncated;
+    changes.set(relid, stats[i]!.rows);
+  });
   let sourceRows = 0;
   let predictedDiffMs: number | null = null;
   let predictedFullMs: number | null = null;
