@@ -11,6 +11,7 @@ import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
+import { snapshotRoutes } from "./snapshots.ts";
 
 interface AppDeps {
   engine: Engine;
@@ -46,6 +47,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   );
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
+  app.route("/", snapshotRoutes(deps.engine));
   app.route("/", docsRoutes());
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {

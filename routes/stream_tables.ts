@@ -63,7 +63,7 @@ function present(ctx: DatabaseContext, view: StreamTableView): z.infer<typeof St
  * The managed database a request works on: `?database=`, or the body's `database`, or the default. Naming two
  * different ones is refused rather than one silently preferred. The choice is kept on the context, so a 503 names it.
  */
-function chooseDatabase(
+export function chooseDatabase(
   engine: Engine,
   c: Context<AppEnv>,
   names: { query?: string | undefined; body?: string | undefined },
