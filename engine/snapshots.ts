@@ -279,7 +279,7 @@ async function nextRefresh(
   }
   return await ctx.sql.begin("isolation level repeatable read", async (tx) => {
     const costs = await costEstimate(tx, st.pgt_id);
-    if (r.frontier === null || st.frontier === null) {
+    if (r.frontier === null) {
       return {
         next_refresh: { mode: "FULL" as const, reason: r.reason },
         pending_changes: null,
@@ -293,7 +293,7 @@ async function nextRefresh(
     let pending = 0;
     let truncated = false;
     for (const relid of relids) {
-      const s = await deltaStats(tx, relid, st.frontier!);
+      const s = await deltaStats(tx, relid, r.frontier!);
       pending += s.rows;
       truncated ||= s.truncated;
     }
