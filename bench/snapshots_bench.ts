@@ -20,6 +20,7 @@ import type { DatabaseContext } from "../engine/context.ts";
 import { refreshStreamTable } from "../engine/refresh/refresh.ts";
 import { dropSnapshot, parseSnapshotName, restoreSnapshot, takeSnapshot } from "../engine/snapshots.ts";
 import { createStreamTable, dropStreamTable } from "../engine/stream_tables.ts";
+import { findStreamTable } from "../engine/catalog.ts";
 import { startTestService } from "../tests/support/service.ts";
 import { type BenchOptions, checkpoint, exec, type Figure, median, timeMs } from "./support.ts";
 
@@ -62,68 +63,59 @@ export async function runSnapshotsBench(opts: BenchOptions): Promise<Figure[]> {
     opts.progress(`snapshots: stream table of ${st.row_count} rows (${st.effective_refresh_mode})`);
     // An indexed table of the stream table's shape (its hidden row id and unique index too): the copy baseline.
     await exec(sql, `CREATE TABLE copy (LIKE st INCLUDING INDEXES)`);
-    const copyMs = await runs(sql, async () => {
+    // The machine is shared and its load moves: each figure's runs alternate with its baseline's runs.
+    const copy = async () => {
       await exec(sql, "TRUNCATE copy");
       await checkpoint(sql);
       return await timeMs(() => exec(sql, "INSERT INTO copy SELECT * FROM st"));
-    });
-    const copyBaseline =
-      `bare INSERT INTO copy SELECT * FROM st, an indexed table of the same shape (median of ${RUNS})`;
-    opts.progress(`snapshots: bare copy ${copyMs.toFixed(0)} ms`);
+    };
+    const copyBaseline = `bare INSERT INTO copy SELECT * FROM st, an indexed table of the same shape (median of ` +
+      `${RUNS}, alternating with the measured runs)`;
 
-    const snapMs = await runs(sql, async () => {
+    const [snapMs, copyForSnap] = await paired(sql, async () => {
       let name = "";
       const ms = await timeMs(
         async () => (name = (await takeSnapshot(ctx, { streamTable: ST, target: null })).snapshot),
       );
       await dropSnapshot(ctx, parseSnapshotName(name));
       return ms;
-    });
-    figures.push(figure(`snapshot, ${FACT_ROWS / 1e6}M-row join projection`, snapMs, copyMs, copyBaseline, 1.5));
+    }, copy);
+    figures.push(figure(`snapshot, ${FACT_ROWS / 1e6}M-row join projection`, snapMs, copyForSnap, copyBaseline, 1.5));
 
     // The snapshot every restore below comes back to; then 1,000 source rows change.
     const base = await takeSnapshot(ctx, { streamTable: ST, target: null });
     const source = parseSnapshotName(base.snapshot);
     await exec(sql, `UPDATE fact SET qty = qty + 1 WHERE id <= ${CHANGED}`);
-    await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+    await refresh(ctx);
+    // A first read of the snapshot's rows writes their hint bits; one restore pays it, as a first restore would.
+    await restoreSnapshot(ctx, { streamTable: ST, source, verify: true });
 
     for (const verify of [true, false]) {
-      const ms = await runs(sql, () => timeMs(() => restoreSnapshot(ctx, { streamTable: ST, source, verify })));
+      const [ms, copyMs] = await paired(
+        sql,
+        () => timeMs(() => restoreSnapshot(ctx, { streamTable: ST, source, verify })),
+        copy,
+      );
       figures.push(figure(`restore ${verify ? "with" : "without"} verification`, ms, copyMs, copyBaseline, 1.5));
     }
 
     // Time back to fresh: the restore and its first refresh (which applies the 1,000 changes since the snapshot).
     const firstRefresh: number[] = [];
-    const backToFresh = await runs(sql, async () => {
+    const backToFresh = async () => {
       const t0 = performance.now();
       await restoreSnapshot(ctx, { streamTable: ST, source, verify: true });
       const t1 = performance.now();
-      const r = await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" });
+      const r = await refresh(ctx);
       if (r.action !== "DIFFERENTIAL") throw new Error(`the refresh after a restore was ${r.action}: ${r.reason}`);
       firstRefresh.push(performance.now() - t1);
       return performance.now() - t0;
-    });
-    const diffMs = await runs(sql, async (i) => {
-      await exec(
-        sql,
-        `UPDATE fact SET qty = qty + 1 WHERE id > ${(i + 1) * 10 * CHANGED} AND id <= ${
-          (i + 1) * 10 * CHANGED + CHANGED
-        }`,
-      );
-      let action = "";
-      const ms = await timeMs(
-        async () => (action = (await refreshStreamTable(ctx, st.pgt_id, { initiatedBy: "MANUAL" }))
-          .action),
-      );
-      if (action !== "DIFFERENTIAL") throw new Error(`the baseline refresh was ${action}`);
-      return ms;
-    });
-
+    };
     const reload = await reloadBaseline(ctx, { dir, opts });
+    const [freshMs, reloadMs] = await paired(sql, backToFresh, reload.run);
     figures.push(
-      figure("time back to fresh: restore + first refresh, 1k changed rows", backToFresh, reload.ms, reload.what, 0.5),
+      figure("time back to fresh: restore + first refresh, 1k changed rows", freshMs, reloadMs, reload.what, 0.5),
     );
-    const recreateMs = await runs(sql, async () => {
+    const [freshMs2, recreateMs] = await paired(sql, backToFresh, async () => {
       await dropStreamTable(ctx, ST);
       await checkpoint(sql);
       return await timeMs(create);
@@ -131,12 +123,22 @@ export async function runSnapshotsBench(opts: BenchOptions): Promise<Figure[]> {
     figures.push(
       figure(
         "time back to fresh, against drop + re-create",
-        backToFresh,
+        freshMs2,
         recreateMs,
-        `DELETE the stream table, then POST it again (capture kept, initial FULL refresh; median of ${RUNS})`,
+        `DELETE the stream table, then POST it again (capture kept, initial FULL refresh; median of ${RUNS}, ` +
+          `alternating)`,
         0.5,
       ),
     );
+    let round = 0;
+    const diffMs = await runs(sql, async () => {
+      const from = (++round + 10) * 10 * CHANGED;
+      await exec(sql, `UPDATE fact SET qty = qty + 1 WHERE id > ${from} AND id <= ${from + CHANGED}`);
+      let action = "";
+      const ms = await timeMs(async () => (action = (await refresh(ctx)).action));
+      if (action !== "DIFFERENTIAL") throw new Error(`the baseline refresh was ${action}`);
+      return ms;
+    });
     figures.push(
       figure(
         "first refresh after a restore, 1k changed rows",
@@ -157,6 +159,29 @@ function figure(name: string, measuredMs: number, baselineMs: number, baseline: 
   return { name, measuredMs, baselineMs, baseline, goal: { kind: "ratio", max }, runs: RUNS };
 }
 
+/** Refreshes the stream table now (by name: drop + re-create gives it a new id). */
+async function refresh(ctx: DatabaseContext) {
+  const st = await findStreamTable(ctx.sql, ST);
+  return await refreshStreamTable(ctx, st!.pgt_id, { initiatedBy: "MANUAL" });
+}
+
+/** Medians of RUNS runs of `measured` and of `baseline`, alternating, so both see the same load on the machine. */
+async function paired(
+  sql: Sql,
+  measured: () => Promise<number>,
+  baseline: () => Promise<number>,
+): Promise<[number, number]> {
+  const m: number[] = [];
+  const b: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    await checkpoint(sql);
+    m.push(await measured());
+    await checkpoint(sql);
+    b.push(await baseline());
+  }
+  return [median(m), median(b)];
+}
+
 /** The median of RUNS runs of `fn` (given the run's index). */
 async function runs(sql: Sql, fn: (i: number) => Promise<number>): Promise<number> {
   const out: number[] = [];
@@ -170,52 +195,53 @@ async function runs(sql: Sql, fn: (i: number) => Promise<number>): Promise<numbe
 /**
  * What an operator without snapshots does: reload the stream table's rows from a dump (pg_restore: COPY in, indexes
  * built after), then refresh FULL, since a dumped table has no frontier. With pg_dump and pg_restore of the server's
- * version on the PATH they are used; otherwise their work is done by hand with server-side COPY.
+ * version on this machine they are used; otherwise their work is done by hand with server-side COPY. Returns one timed
+ * run and what it is.
  */
 async function reloadBaseline(
   ctx: DatabaseContext,
   input: { dir: string; opts: BenchOptions },
-): Promise<{ ms: number; what: string }> {
+): Promise<{ run: () => Promise<number>; what: string }> {
   const sql = ctx.sql;
-  const [st] = await sql<{ pgt_id: number }[]>`SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'st'`;
   const full = async () => {
     // A reloaded table has no frontier: the next refresh is FULL.
-    await sql`UPDATE pgtrickle.pgt_stream_tables SET frontier = NULL WHERE pgt_id = ${st!.pgt_id}`;
-    const r = await refreshStreamTable(ctx, st!.pgt_id, { initiatedBy: "MANUAL" });
+    await sql`UPDATE pgtrickle.pgt_stream_tables SET frontier = NULL WHERE pgt_schema = 'public' AND pgt_name = 'st'`;
+    const r = await refresh(ctx);
     if (r.action !== "FULL") throw new Error(`the refresh after a reload was ${r.action}`);
   };
   const tools = await dumpTools(sql);
   if (tools !== null) {
     const file = `${input.dir}/st.dump`;
     await run(tools.dump, ["-Fc", "-t", "public.st", "-f", file, "-d", tools.url]);
-    const ms = await runs(sql, () =>
-      timeMs(async () => {
-        await run(tools.restore, ["--clean", "-t", "st", "-d", tools.url, file]);
-        await full();
-      }));
-    return { ms, what: `pg_restore --clean -t st of a pg_dump -Fc, then the FULL refresh (median of ${RUNS})` };
+    return {
+      run: () =>
+        timeMs(async () => {
+          await run(tools.restore, ["--clean", "-t", "st", "-d", tools.url, file]);
+          await full();
+        }),
+      what: `pg_restore --clean -t st of a pg_dump -Fc, then the FULL refresh (median of ${RUNS}, alternating)`,
+    };
   }
   const file = `${input.dir}/st.copy`;
   // The file name is the bench's own temporary directory; the table and index names are catalog names.
   await exec(sql, `COPY st TO '${file.replaceAll("'", "''")}'`);
   const indexes = await sql<{ name: string; def: string }[]>`
-    SELECT quote_ident(indexrelid::regclass::text) AS name, pg_get_indexdef(indexrelid) AS def FROM pg_index
+    SELECT indexrelid::regclass::text AS name, pg_get_indexdef(indexrelid) AS def FROM pg_index
     WHERE indrelid = 'public.st'::regclass`;
-  const ms = await runs(sql, () =>
-    timeMs(async () => {
-      await sql.begin(async (tx) => {
-        await tx.unsafe(`TRUNCATE ${quoteQualified(ST)}`);
-        for (const i of indexes) await tx.unsafe(`DROP INDEX ${i.name}`);
-        await tx.unsafe(`COPY ${quoteQualified(ST)} FROM '${file.replaceAll("'", "''")}'`);
-        for (const i of indexes) await tx.unsafe(i.def);
-      });
-      await full();
-    }));
   input.opts.progress("snapshots: pg_dump/pg_restore of the server's version not found; the reload is done by hand");
   return {
-    ms,
+    run: () =>
+      timeMs(async () => {
+        await sql.begin(async (tx) => {
+          await tx.unsafe(`TRUNCATE ${quoteQualified(ST)}`);
+          for (const i of indexes) await tx.unsafe(`DROP INDEX ${i.name}`);
+          await tx.unsafe(`COPY ${quoteQualified(ST)} FROM '${file.replaceAll("'", "''")}'`);
+          for (const i of indexes) await tx.unsafe(i.def);
+        });
+        await full();
+      }),
     what: `what pg_restore does (TRUNCATE, COPY FROM a dump file, indexes built after), then the FULL refresh ` +
-      `(median of ${RUNS}; pg_restore of the server's version not on this machine)`,
+      `(median of ${RUNS}, alternating; pg_restore of the server's version is not on this machine)`,
   };
 }
 

@@ -295,6 +295,9 @@ DECLARE
   found_hash text;
   why text;
   n bigint;
+  index_defs text[];
+  index_names text[];
+  def text;
 BEGIN
   st := pgtrickle.lock_stream_table(st_name[1], st_name[2], lock_wait_ms);
   -- FOR SHARE: a prune expiring this snapshot waits for this restore, then sees the restored frontier (cdc.ts).
@@ -346,10 +349,25 @@ BEGIN
       OR b.created_at > snap.created_at)) THEN
     why := format('the change capture of a source was reinstalled or changed since snapshot "%s.%s"', src[1], src[2]);
   END IF;
-  -- TRUNCATE: a new file, so a rollback or a crash keeps the old rows whole, and no dead rows are left behind.
+  -- TRUNCATE: a new file, so a rollback or a crash keeps the old rows whole, and no dead rows are left behind. As
+  -- pg_restore does, indexes are built after the rows are in (one sort instead of a million insertions); those that
+  -- back a constraint stay and are maintained as rows go in.
   EXECUTE format('TRUNCATE %I.%I', st.pgt_schema, st.pgt_name);
+  SELECT coalesce(array_agg(pg_get_indexdef(i.indexrelid) ORDER BY i.indexrelid), '{}'),
+    coalesce(array_agg(i.indexrelid::regclass::text ORDER BY i.indexrelid), '{}')
+  INTO index_defs, index_names
+  FROM pg_index i WHERE i.indrelid = st.pgt_relid
+    AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid);
+  FOREACH def IN ARRAY index_names LOOP
+    -- regclass text: the server's own quoted name of the index.
+    EXECUTE 'DROP INDEX ' || def;
+  END LOOP;
   EXECUTE format('INSERT INTO %I.%I SELECT * FROM %s', st.pgt_schema, st.pgt_name, rel);
   GET DIAGNOSTICS n = ROW_COUNT;
+  FOREACH def IN ARRAY index_defs LOOP
+    -- pg_get_indexdef: the server's own definition of the index just dropped.
+    EXECUTE def;
+  END LOOP;
   UPDATE pgtrickle.pgt_stream_tables SET
     frontier = CASE WHEN why IS NULL THEN snap.frontier END,
     pending_full_reason = why,
