@@ -6,7 +6,7 @@
  */
 import type { Tx } from "../db/pool.ts";
 import { isPgError, isRetryable } from "../db/errors.ts";
-import { isIdentifier, type QualifiedName, quoteQualified } from "../db/identifiers.ts";
+import { displayName, isIdentifier, type QualifiedName, quoteQualified } from "../db/identifiers.ts";
 import { findStreamTable, type RefreshMode } from "./catalog.ts";
 import { deltaStats, pruneBuffer, removeCaptureIfUnused } from "./cdc.ts";
 import type { DatabaseContext } from "./context.ts";
@@ -114,7 +114,7 @@ export async function takeSnapshot(
           ${waitMs})`;
       return row!.snapshot;
     }), `"${input.streamTable.schema}.${input.streamTable.name}"`);
-  ctx.log.info("snapshot taken", { stream_table: quoteQualified(input.streamTable), snapshot });
+  ctx.log.info("snapshot taken", { stream_table: displayName(input.streamTable), snapshot });
   return await getSnapshot(ctx, parseSnapshotName(snapshot));
 }
 
@@ -133,9 +133,7 @@ export async function listSnapshots(ctx: DatabaseContext, streamTable: Qualified
 export async function getSnapshot(ctx: DatabaseContext, name: QualifiedName): Promise<Snapshot> {
   const found = await call(() =>
     ctx.sql.begin((tx) =>
-      tx<Snapshot[]>`SELECT ${
-        LIST_COLUMNS(tx)
-      } FROM pgtrickle.list_snapshots() WHERE snapshot = ${`${name.schema}.${name.name}`}`
+      tx<Snapshot[]>`SELECT ${LIST_COLUMNS(tx)} FROM pgtrickle.list_snapshots(NULL, ${quoteQualified(name)})`
     )
   );
   if (found[0] === undefined) {

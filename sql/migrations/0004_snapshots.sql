@@ -206,14 +206,17 @@ BEGIN
 END
 $$;
 
--- Snapshots (of one stream table, or all), newest first, with their live size and the changes they pin.
-CREATE FUNCTION pgtrickle.list_snapshots(name text DEFAULT NULL)
+-- Snapshots (of one stream table, or all; or the one named `only_snapshot`), newest first, with their live size and the
+-- changes they pin.
+CREATE FUNCTION pgtrickle.list_snapshots(name text DEFAULT NULL, only_snapshot text DEFAULT NULL)
 RETURNS TABLE (snapshot text, stream_table text, created_at timestamptz, row_count bigint, frontier pg_snapshot,
   size_bytes bigint, retention_state text, rows_only_reason text, pinned_changes bigint, content_hash text,
   catalog_schema_version integer)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
   st_name text[] := CASE WHEN name IS NULL THEN NULL ELSE pgtrickle.split_name(name, 'public', 'stream table name') END;
+  one text[] := CASE WHEN only_snapshot IS NULL THEN NULL
+    ELSE pgtrickle.split_name(only_snapshot, 'pgtrickle', 'snapshot name') END;
 BEGIN
   RETURN QUERY
   SELECT s.snapshot_schema || '.' || s.snapshot_name, s.pgt_schema || '.' || s.pgt_name, s.created_at, s.row_count,
@@ -225,7 +228,8 @@ BEGIN
     ELSE 0::bigint END,
     s.content_hash, s.catalog_schema_version
   FROM pgtrickle.pgt_snapshots s
-  WHERE st_name IS NULL OR (s.pgt_schema = st_name[1] AND s.pgt_name = st_name[2])
+  WHERE (st_name IS NULL OR (s.pgt_schema = st_name[1] AND s.pgt_name = st_name[2]))
+    AND (one IS NULL OR (s.snapshot_schema = one[1] AND s.snapshot_name = one[2]))
   ORDER BY s.created_at DESC, s.snapshot_id DESC;
 END
 $$;
