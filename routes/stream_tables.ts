@@ -54,6 +54,7 @@ function present(ctx: DatabaseContext, view: StreamTableView): z.infer<typeof St
     last_diff_ms: st.last_diff_ms,
     consecutive_errors: st.consecutive_errors,
     last_error: st.last_error,
+    pending_full_reason: st.pending_full_reason,
     created_at: st.created_at.toISOString(),
     updated_at: st.updated_at.toISOString(),
   };

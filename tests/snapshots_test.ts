@@ -222,8 +222,16 @@ Deno.test({
         SELECT pending_full_reason AS reason FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'totals'`,
       );
       assert.equal(pending.reason, r.next_refresh.reason, "the stream table says why its next refresh is FULL");
+      const shown = await ok<{ pending_full_reason: string | null }>(
+        await oracle.service.request("GET", "/stream-tables/totals"),
+      );
+      assert.equal(shown.pending_full_reason, r.next_refresh.reason, "and its API view says so too");
 
       assert.equal((await st.refresh()).action, "FULL");
+      const after = await ok<{ pending_full_reason: string | null }>(
+        await oracle.service.request("GET", "/stream-tables/totals"),
+      );
+      assert.equal(after.pending_full_reason, null, "the FULL refresh cleared it");
       const [h] = await sql<{ reason: string }[]>`
         SELECT reason FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id DESC LIMIT 1`;
       assert.equal(h!.reason, r.next_refresh.reason, "the history records the reason");
@@ -329,6 +337,13 @@ Deno.test({
       const [left] = await sql`SELECT to_regclass(${first.snapshot}) AS a, to_regclass('public.kept') AS b`;
       assert.deepEqual([left!.a, left!.b], [null, null], "the snapshot tables are dropped");
       await problem(await oracle.service.request("GET", "/snapshots/public.kept"), 404, "SnapshotNotFound");
+      const doc = await ok<{ paths: Record<string, object> }>(await oracle.service.request("GET", "/openapi.json"));
+      const methods = Object.fromEntries(Object.entries(doc.paths).map(([p, item]) => [p, Object.keys(item).sort()]));
+      assert.deepEqual(
+        [methods["/snapshots"], methods["/snapshots/{snapshot}"], methods["/restore"]],
+        [["get", "post"], ["delete", "get"], ["post"]],
+        "the OpenAPI document lists the snapshot routes",
+      );
       assert.equal(second.snapshot, "public.kept");
     } finally {
       await oracle.close();
