@@ -360,7 +360,7 @@ BEGIN
   SELECT coalesce(array_agg(pg_get_indexdef(i.indexrelid) ORDER BY i.indexrelid), '{}'),
     coalesce(array_agg(i.indexrelid::regclass::text ORDER BY i.indexrelid), '{}')
   INTO index_defs, index_names
-  FROM pg_index i WHERE i.indrelid = st.pgt_relid
+  FROM pg_index i WHERE i.indrelid = format('%I.%I', st.pgt_schema, st.pgt_name)::regclass
     AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid);
   FOREACH def IN ARRAY index_names LOOP
     -- regclass text: the server's own quoted name of the index.
