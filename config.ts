@@ -28,6 +28,8 @@ export interface Config {
   requestTimeoutMs: number;
   bodyLimitBytes: number;
   historyRetentionDays: number;
+  snapshotRetentionMaxAgeSeconds: number;
+  snapshotRetentionMaxRows: number;
   logLevel: LogLevel;
 }
 
@@ -91,6 +93,9 @@ const SETTINGS = {
   requestTimeoutMs: ["TRICKLE_REQUEST_TIMEOUT_MS", int(1, 3_600_000), 30_000],
   bodyLimitBytes: ["TRICKLE_BODY_LIMIT_BYTES", int(1, 1 << 30), 1 << 20],
   historyRetentionDays: ["TRICKLE_HISTORY_RETENTION_DAYS", int(1, 3650), 7],
+  // How long, and over how many buffered changes per source, a snapshot keeps its sources' changes (engine/snapshots.ts).
+  snapshotRetentionMaxAgeSeconds: ["TRICKLE_SNAPSHOT_RETENTION_MAX_AGE_SECONDS", int(0, 86_400 * 366), 86_400 * 7],
+  snapshotRetentionMaxRows: ["TRICKLE_SNAPSHOT_RETENTION_MAX_ROWS", int(0), 10_000_000],
   logLevel: ["TRICKLE_LOG_LEVEL", z.enum(["debug", "info", "warn", "error"]), "info"],
 } as const;
 

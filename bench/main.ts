@@ -4,7 +4,7 @@
  * with their ratio and goal, then stops the server.
  *
  *   deno task bench                          all benchmarks
- *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster
+ *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster, snapshots
  *   BENCH_CLUSTER_SECONDS=10 deno task bench --only cluster   a quick cluster run (default 60 s)
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
@@ -16,6 +16,7 @@ import { runFoundationBench } from "./foundation_bench.ts";
 import { runHttpBench } from "./http_bench.ts";
 import { runMetricsBench } from "./metrics_bench.ts";
 import { runServiceBench } from "./service_bench.ts";
+import { runSnapshotsBench } from "./snapshots_bench.ts";
 import { runClusterBench } from "./cluster_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
@@ -27,6 +28,7 @@ const SUITES = {
   http: runHttpBench,
   metrics: runMetricsBench,
   cluster: runClusterBench,
+  snapshots: runSnapshotsBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

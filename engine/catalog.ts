@@ -26,6 +26,8 @@ export interface StreamTableRow {
   last_diff_ms: number | null;
   consecutive_errors: number;
   last_error: string | null;
+  /** Why the next refresh must be FULL (set by a restore whose changes are not retained). */
+  pending_full_reason: string | null;
   created_at: Date;
   updated_at: Date;
 }
@@ -33,7 +35,8 @@ export interface StreamTableRow {
 const COLUMNS = (sql: Sql | Tx) =>
   sql`pgt_id, pgt_relid::int8 AS pgt_relid, pgt_schema, pgt_name, defining_query, refresh_mode,
     effective_refresh_mode, fallback_reason, schedule, freshness_deadline_ms, status, plan, frontier::text AS frontier,
-    row_count, last_refresh_at, last_full_ms, last_diff_ms, consecutive_errors, last_error, created_at, updated_at`;
+    row_count, last_refresh_at, last_full_ms, last_diff_ms, consecutive_errors, last_error, pending_full_reason, created_at,
+    updated_at`;
 
 /** All stream tables of the database, by name. */
 export async function listStreamTables(sql: Sql | Tx): Promise<StreamTableRow[]> {

@@ -239,10 +239,16 @@ export function guardView(relid: number): string {
   return `pgtrickle_changes.${quoteIdent(`guard_${relid}`)}`;
 }
 
-/** Removes capture from a source that no stream table reads any more (the source itself may be gone). */
+/**
+ * Removes capture from a source that no stream table reads any more (the source itself may be gone), and that no
+ * retained snapshot pins: a stream table recreated from that snapshot continues from its buffer.
+ */
 export async function removeCaptureIfUnused(tx: Tx, relid: number): Promise<boolean> {
   await tx`SELECT pg_advisory_xact_lock(${CAPTURE_LOCK}, ${relid}::int4)`;
-  const [used] = await tx`SELECT 1 FROM pgtrickle.pgt_dependencies WHERE source_relid = ${relid} LIMIT 1`;
+  const [used] = await tx`SELECT 1 FROM pgtrickle.pgt_dependencies WHERE source_relid = ${relid}
+    UNION ALL SELECT 1 FROM pgtrickle.pgt_snapshots WHERE retention_state = 'retained'
+      AND ${relid}::oid = ANY(source_relids)
+    LIMIT 1`;
   if (used !== undefined) return false;
   const [buf] = await tx<{ schema: string; name: string }[]>`
     SELECT source_schema AS schema, source_name AS name FROM pgtrickle.pgt_change_buffers WHERE source_relid = ${relid}`;
@@ -280,16 +286,32 @@ export async function deltaStats(tx: Tx, relid: number, frontier: string): Promi
   return { rows: Number(row!.rows), truncated: row!.truncated };
 }
 
+/** How long and over how many buffered changes a retained snapshot pins a buffer (config.ts). */
+export interface SnapshotRetention {
+  snapshotRetentionMaxAgeSeconds: number;
+  snapshotRetentionMaxRows: number;
+}
+
 /**
  * Deletes buffer rows no consumer needs: those whose transaction is visible in the frontier of every stream table
- * reading the source (a later frontier sees all an earlier one does, so no delta will ever contain them again).
- * A consumer without a frontier yet pins everything. Returns the rows deleted.
+ * reading the source and of every retained snapshot of one (a later frontier sees all an earlier one does, so no
+ * delta will ever contain them again). A consumer without a frontier yet pins everything. Snapshots past a retention
+ * limit are first marked rows_only, and pin nothing more. Returns the rows deleted.
  */
-export async function pruneBuffer(tx: Tx, relid: number): Promise<number> {
+export async function pruneBuffer(tx: Tx, relid: number, retention: SnapshotRetention): Promise<number> {
+  // Waits for a restore from one of these snapshots to commit (it holds the snapshot's row FOR SHARE), so the
+  // frontiers read below include the frontier that restore set.
+  await tx`SELECT pgtrickle.expire_snapshots(${relid}, ${retention.snapshotRetentionMaxAgeSeconds},
+    ${retention.snapshotRetentionMaxRows})`;
   const [row] = await tx<{ frontiers: string[] | null; pinned: boolean }[]>`
-    SELECT array_agg(s.frontier::text) AS frontiers, bool_or(s.frontier IS NULL) AS pinned
-    FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
-    WHERE d.source_relid = ${relid}`;
+    SELECT array_agg(f) AS frontiers, bool_or(f IS NULL) AS pinned FROM (
+      SELECT s.frontier::text AS f
+      FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables s USING (pgt_id)
+      WHERE d.source_relid = ${relid}
+      UNION ALL
+      SELECT frontier::text FROM pgtrickle.pgt_snapshots
+      WHERE retention_state = 'retained' AND ${relid}::oid = ANY(source_relids)
+    ) consumers`;
   if (row === undefined || row.frontiers === null || row.pinned) return 0;
   // Below the smallest xmin, visibility is certain; between it and the smallest xmax, each frontier is asked.
   const result = await tx.unsafe(

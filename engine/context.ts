@@ -8,6 +8,9 @@ export interface EngineSettings {
   maxConsecutiveErrors: number;
   differentialMaxChangeRatio: number;
   historyRetentionDays: number;
+  /** Past these, a snapshot stops pinning its sources' change buffers (it becomes rows_only). */
+  snapshotRetentionMaxAgeSeconds: number;
+  snapshotRetentionMaxRows: number;
 }
 
 export interface DatabaseContext {

@@ -42,6 +42,8 @@ export interface CreateInput {
   schedule: string;
   refreshMode: RefreshMode;
   freshnessDeadlineMs: number | null;
+  /** Fills the new stream table instead of its initial refresh (a recreate from a snapshot, engine/snapshots.ts). */
+  initialContent?: (pgtId: number) => Promise<void>;
 }
 
 /** The mode a request resolves to with this plan, or the error refusing it. */
@@ -121,12 +123,16 @@ export async function createStreamTable(ctx: DatabaseContext, input: CreateInput
   try {
     // Capture is installed and committed before the initial refresh takes its snapshot (see cdc.ts).
     for (const s of description.sources) await ctx.sql.begin((tx) => installCapture(tx, s));
-    await refreshStreamTable(ctx, pgtId, { initiatedBy: "CREATE" }).catch((e) => {
-      // The query was valid but failed on the data (division by zero, a bad cast...): the client's to fix.
-      throw isPgError(e) && isQueryError(e)
-        ? invalidQuery(`The initial refresh failed: ${e.message}`, { sqlstate: e.code })
-        : e;
-    });
+    if (input.initialContent !== undefined) {
+      await input.initialContent(pgtId);
+    } else {
+      await refreshStreamTable(ctx, pgtId, { initiatedBy: "CREATE" }).catch((e) => {
+        // The query was valid but failed on the data (division by zero, a bad cast...): the client's to fix.
+        throw isPgError(e) && isQueryError(e)
+          ? invalidQuery(`The initial refresh failed: ${e.message}`, { sqlstate: e.code })
+          : e;
+      });
+    }
   } catch (e) {
     await dropById(ctx, pgtId).catch((dropError) =>
       ctx.log.error("could not undo a failed creation", { pgt_id: pgtId, error: dropError })

@@ -14,6 +14,7 @@ import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
 import { clusterRoutes } from "./cluster.ts";
+import { snapshotRoutes } from "./snapshots.ts";
 
 interface AppDeps {
   engine: Engine;
@@ -57,6 +58,7 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route("/stream-tables", streamTableRoutes(deps.engine));
   app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
   app.route("/cluster", clusterRoutes(deps.engine));
+  app.route("/", snapshotRoutes(deps.engine));
   app.route("/", docsRoutes());
   app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck ?? false, log: deps.log }));
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });

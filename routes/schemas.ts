@@ -62,6 +62,9 @@ export const StreamTableSchema = z.object({
   last_diff_ms: z.number().nullable(),
   consecutive_errors: z.number().int(),
   last_error: z.string().nullable(),
+  pending_full_reason: z.string().nullable().openapi({
+    description: "Why the next refresh will be FULL: a restore from a snapshot whose changes were not retained",
+  }),
   created_at: z.string(),
   updated_at: z.string(),
 }).openapi("StreamTable");

@@ -54,6 +54,7 @@ function present(ctx: DatabaseContext, view: StreamTableView): z.infer<typeof St
     last_diff_ms: st.last_diff_ms,
     consecutive_errors: st.consecutive_errors,
     last_error: st.last_error,
+    pending_full_reason: st.pending_full_reason,
     created_at: st.created_at.toISOString(),
     updated_at: st.updated_at.toISOString(),
   };
@@ -63,7 +64,7 @@ function present(ctx: DatabaseContext, view: StreamTableView): z.infer<typeof St
  * The managed database a request works on: `?database=`, or the body's `database`, or the default. Naming two
  * different ones is refused rather than one silently preferred. The choice is kept on the context, so a 503 names it.
  */
-function chooseDatabase(
+export function chooseDatabase(
   engine: Engine,
   c: Context<AppEnv>,
   names: { query?: string | undefined; body?: string | undefined },

@@ -114,7 +114,9 @@ export async function refreshStreamTable(
           tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`,
         ]);
         // A source dropped or changed under the stream table fails here with its reason, or forces a FULL refresh.
-        const { st, fullReason, relids } = await checkSources(tx, locked);
+        const { st, fullReason: sourceReason, relids } = await checkSources(tx, locked);
+        // A restore that could not keep the changes since its snapshot left the reason here (engine/snapshots.ts).
+        const fullReason = sourceReason ?? st.pending_full_reason;
         sources = relids;
         const changes = new Map<number, number>();
         const decision = fullReason === null
@@ -147,6 +149,7 @@ export async function refreshStreamTable(
             last_diff_ms = ${decision.action === "DIFFERENTIAL" ? durationMs : st.last_diff_ms},
             consecutive_errors = 0,
             last_error = ${due.error},
+            pending_full_reason = NULL,
             next_due_at = ${due.at},
             status = CASE WHEN status = 'INITIALIZING' THEN 'ACTIVE' ELSE status END,
             updated_at = now()
@@ -269,7 +272,7 @@ async function decide(
 }
 
 /** The cost model's prediction from the latest successful refreshes of each action (engine/cost_model.ts). */
-async function costEstimate(tx: Tx, pgtId: number): Promise<RefreshCostPrediction> {
+export async function costEstimate(tx: Tx, pgtId: number): Promise<RefreshCostPrediction> {
   const samples = await tx<CostSample[]>`
     SELECT action, duration_ms, delta_rows, started_at FROM (
       SELECT action, duration_ms, delta_rows, started_at,
@@ -283,7 +286,7 @@ async function costEstimate(tx: Tx, pgtId: number): Promise<RefreshCostPredictio
 async function prune(ctx: DatabaseContext, sources: number[]): Promise<void> {
   for (const relid of sources) {
     try {
-      await ctx.sql.begin((tx) => pruneBuffer(tx, relid));
+      await ctx.sql.begin((tx) => pruneBuffer(tx, relid, ctx.settings));
     } catch (e) {
       ctx.log.warn("buffer prune failed", { source_relid: relid, error: e });
     }

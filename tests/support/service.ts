@@ -14,6 +14,8 @@ export const DEFAULT_SETTINGS: EngineSettings & SchedulerSettings = {
   maxConsecutiveErrors: 3,
   differentialMaxChangeRatio: 0.15,
   historyRetentionDays: 7,
+  snapshotRetentionMaxAgeSeconds: 86_400 * 7,
+  snapshotRetentionMaxRows: 10_000_000,
   maxWorkers: 4,
   perDatabaseQuota: 0,
   schedulerIntervalMs: 100,
