@@ -1,12 +1,13 @@
 /**
- * Every Grafana target, by name: its label, whether it is chosen per stream table, and how it answers. To add one
- * (recommendations, snapshots, alerts when they exist), add an entry to TARGETS; /metrics, /query and the docs'
+ * Every Grafana target, by name: its label, whether it is chosen per stream table, and how it answers. To add one,
+ * add an entry to TARGETS; /metrics, /query and the docs'
  * target list follow from it.
  */
 import { listStreamTables } from "./catalog.ts";
 import type { Engine } from "./engine.ts";
 import type { Frame, Range, Selection } from "./grafana.ts";
 import { type Bucket, chosen, failureAnnotations, historyBuckets, historyRows } from "./grafana_history.ts";
+import { listSnapshots } from "./snapshots.ts";
 
 export interface TargetQuery {
   range: Range;
@@ -118,6 +119,40 @@ export const TARGETS: Record<string, Target> = {
         [["time", "time"], ["timeEnd", "time"], ["title", "string"], ["text", "string"], ["tags", "string"]],
         events.map((e) => [e.time, e.timeEnd, e.title, e.text, e.tags.join(",")]),
       )];
+    },
+  },
+  snapshots: {
+    label: "Snapshots (table, newest first)",
+    perStreamTable: true,
+    run: async (engine, q) => {
+      const rows: unknown[][] = [];
+      for (const ctx of chosen(engine, q.selection)) {
+        for (const s of await listSnapshots(ctx, null)) {
+          if (!q.selection.matches({ database: ctx.name, stream_table: s.stream_table })) continue;
+          rows.push([
+            s.created_at.getTime(),
+            ctx.name,
+            s.stream_table,
+            s.snapshot,
+            s.row_count,
+            s.size_bytes,
+            s.retention_state,
+            s.pinned_changes,
+            s.rows_only_reason,
+          ]);
+        }
+      }
+      return [table([
+        ["created_at", "time"],
+        ["database", "string"],
+        ["stream_table", "string"],
+        ["snapshot", "string"],
+        ["row_count", "number"],
+        ["size_bytes", "number"],
+        ["retention_state", "string"],
+        ["pinned_changes", "number"],
+        ["rows_only_reason", "string"],
+      ], rows)];
     },
   },
   cluster_workers: {

@@ -166,6 +166,7 @@ Deno.test({
           "stream_tables",
           "refresh_history",
           "refresh_failures",
+          "snapshots",
           "cluster_workers",
         ]);
         for (const m of list) {
@@ -299,6 +300,22 @@ Deno.test({
         ]);
         assert.deepEqual(workers.rows.map((r) => r[0]), cluster.databases.map((d) => d.db_name));
         await message("/query", queryBody([{ target: "recommendations" }]), 400, /Unknown target "recommendations"/);
+        // Snapshots: one taken through the API is listed with its figures.
+        const taken = await svc.request("POST", "/snapshots", { stream_table: "totals" }, {
+          authorization: `Bearer ${ADMIN}`,
+        });
+        assert.equal(taken.status, 201, await taken.clone().text());
+        const snapshot = (await taken.json()) as { snapshot: string; row_count: number };
+        const [snaps] = assertFrames(
+          await post("/query", queryBody([{ target: "snapshots", refId: "N", payload: { database: db1 } }])),
+        ) as Table[];
+        assert.deepEqual(
+          snaps!.rows.map((
+            r,
+          ) => [r[col(snaps!, "stream_table")], r[col(snaps!, "snapshot")], r[col(snaps!, "row_count")]]),
+          [["public.totals", snapshot.snapshot, snapshot.row_count]],
+        );
+        assert.equal(snaps!.columns[col(snaps!, "created_at")]!.type, "time");
         // Code mode sends the payload as the JSON text typed in the editor.
         const code = assertFrames(
           await post("/query", queryBody([{ target: "stream_tables", payload: JSON.stringify({ database: db2 }) }])),
