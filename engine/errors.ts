@@ -22,6 +22,11 @@ export const ERROR_CODES = {
   StreamTableHasDependents: { status: 409, title: "Has dependents", meaning: "Other stream tables read this one" },
   SourceChanged: { status: 409, title: "Source changed", meaning: "A source no longer fits the defining query" },
   RefreshInProgress: { status: 409, title: "Refresh in progress", meaning: "Another refresh holds the stream table" },
+  NoRecommendation: {
+    status: 409,
+    title: "No recommendation",
+    meaning: "The planner has no recommendation to apply yet (too few refreshes: confidence 0)",
+  },
   PayloadTooLarge: { status: 413, title: "Content too large", meaning: "The body is over the size limit" },
   UnsupportedMediaType: { status: 415, title: "Unsupported media type", meaning: "The body is not sent as JSON" },
   InvalidQuery: { status: 422, title: "Invalid query", meaning: "The defining query is not valid for the database" },
@@ -161,4 +166,12 @@ export function refreshFailed(message: string, sqlstate: string): TrickleError {
 /** 409: a source of the stream table was dropped, renamed, or changed so that its defining query no longer fits. */
 export function sourceChanged(message: string): TrickleError {
   return new TrickleError("SourceChanged", message);
+}
+
+/** 409: applying a recommendation the planner cannot stand behind (none yet, or confidence 0). */
+export function noRecommendation(name: string, why: string): TrickleError {
+  return new TrickleError(
+    "NoRecommendation",
+    `Stream table "${name}" has no recommendation to apply: ${why}`,
+  );
 }

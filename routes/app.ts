@@ -11,6 +11,8 @@ import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
+import { recommendationRoutes } from "./recommendations.ts";
+import { alertRoutes } from "./alerts.ts";
 
 interface AppDeps {
   engine: Engine;
@@ -46,6 +48,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   );
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
+  app.route("/recommendations", recommendationRoutes(deps.engine));
+  app.route("/alerts", alertRoutes(deps.engine));
   app.route("/", docsRoutes());
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
