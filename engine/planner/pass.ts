@@ -220,7 +220,7 @@ async function storeRecommendations(
         recommended_interval_seconds, delta_pct, confidence, computed_at)
       SELECT x.pgt_id, x.recommendation, x.current_interval_seconds, x.recommended_interval_seconds, x.delta_pct,
         x.confidence, ${input.now}
-      FROM jsonb_to_recordset(${JSON.stringify(recs)}::jsonb) AS x(pgt_id int8, recommendation jsonb,
+      FROM jsonb_to_recordset(${JSON.stringify(recs)}::text::jsonb) AS x(pgt_id int8, recommendation jsonb,
         current_interval_seconds float8, recommended_interval_seconds float8, delta_pct float8, confidence float8)
       WHERE EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_id = x.pgt_id)
       ON CONFLICT (pgt_id) DO UPDATE SET recommendation = excluded.recommendation,

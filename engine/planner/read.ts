@@ -67,7 +67,8 @@ export async function applyRecommendation(
   const before = await mustExist(ctx, name);
   const rec = await getRecommendation(ctx, name);
   if (rec.recommended_interval_seconds === null || rec.confidence <= 0) {
-    throw noRecommendation(displayName(name), rec.reasoning.map((r) => r.detail).join("; ") || "no reasoning");
+    const why = rec.reasoning.filter((r) => r.event === "insufficient_samples" || r.rule === "no_pass_yet");
+    throw noRecommendation(displayName(name), why.map((r) => r.detail).join("; ") || "its confidence is 0");
   }
   const st = await alterStreamTable(ctx, name, { schedule: `${rec.recommended_interval_seconds}s` });
   return { previous_schedule: before.schedule, st, recommendation: rec };
