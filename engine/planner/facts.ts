@@ -61,8 +61,8 @@ export interface FactInput {
   lastRefreshAt: Date | null;
   hasFrontier: boolean;
   pendingChanges: number;
-  /** Rows in its sources (pg_class.reltuples), to foresee a FULL by differential_max_change_ratio. */
-  sourceRows: number;
+  /** Rows in its sources (pg_class.reltuples), to foresee a FULL by differential_max_change_ratio; null: unknown. */
+  sourceRows: number | null;
   maxChangeRatio: number;
   samples: readonly CostSample[];
   minSamples: number;
@@ -122,7 +122,10 @@ export function buildFacts(input: FactInput): Facts {
 /** What the next refresh will be, as the refresh decision (refresh.ts chooseAction) will see it. */
 function nextAction(input: FactInput): CostAction {
   if (input.refreshMode === "FULL" || !input.hasFrontier) return "FULL";
-  if (input.pendingChanges / Math.max(1, input.sourceRows) > input.maxChangeRatio) return "FULL";
+  // Unknown statistics: the refresh counts exactly; the planner does not, and assumes the mode's action.
+  if (input.sourceRows !== null && input.pendingChanges / Math.max(1, input.sourceRows) > input.maxChangeRatio) {
+    return "FULL";
+  }
   return "DIFFERENTIAL";
 }
 

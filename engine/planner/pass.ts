@@ -45,7 +45,7 @@ interface Row {
   last_refresh_at: Date | null;
   frontier: string | null;
   sources: number[];
-  source_rows: number;
+  source_rows: number | null;
   actions: ("FULL" | "DIFFERENTIAL")[] | null;
   durations: number[] | null;
   deltas: number[] | null;
@@ -71,7 +71,7 @@ export async function planPass(ctx: DatabaseContext, options: PassOptions): Prom
       lastRefreshAt: row.last_refresh_at,
       hasFrontier: row.frontier !== null,
       pendingChanges: pending.get(row.pgt_id) ?? 0,
-      sourceRows: Number(row.source_rows),
+      sourceRows: row.source_rows === null ? null : Number(row.source_rows),
       maxChangeRatio: ctx.settings.differentialMaxChangeRatio,
       samples: samplesOf(row),
       minSamples: options.settings.minSamples,
@@ -153,8 +153,10 @@ async function readStreamTables(ctx: DatabaseContext, options: { deadlineOnly: b
     SELECT st.pgt_id, st.pgt_schema, st.pgt_name, st.effective_refresh_mode, st.schedule, st.freshness_deadline_ms,
       st.status, st.last_refresh_at, st.frontier::text AS frontier,
       ARRAY(SELECT d.source_relid::int8 FROM pgtrickle.pgt_dependencies d WHERE d.pgt_id = st.pgt_id) AS sources,
-      (SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::float8 FROM pgtrickle.pgt_dependencies d
-        JOIN pg_catalog.pg_class c ON c.oid = d.source_relid WHERE d.pgt_id = st.pgt_id) AS source_rows,
+      -- Null when a source was never analysed (reltuples -1): the change ratio is unknown then.
+      (SELECT CASE WHEN bool_or(c.reltuples < 0) THEN NULL ELSE sum(c.reltuples)::float8 END
+        FROM pgtrickle.pgt_dependencies d JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
+        WHERE d.pgt_id = st.pgt_id) AS source_rows,
       h.actions, h.durations, h.deltas, h.starts
     FROM pgtrickle.pgt_stream_tables st
     LEFT JOIN LATERAL (
