@@ -4,16 +4,17 @@
  * with their ratio and goal, then stops the server.
  *
  *   deno task bench                          all benchmarks
- *   deno task bench --only foundation        one of: foundation, differential
+ *   deno task bench --only foundation        one of: foundation, differential, planner
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
  */
 import { connect } from "../db/pool.ts";
 import { startThrowawayServer } from "../tests/support/embedded_server.ts";
 import { runFoundationBench } from "./foundation_bench.ts";
+import { runPlannerBench } from "./planner_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
-const SUITES = ["foundation", "differential"] as const;
+const SUITES = ["foundation", "differential", "planner"] as const;
 type Suite = typeof SUITES[number];
 
 /**
@@ -101,6 +102,8 @@ try {
     try {
       if (suite === "foundation") {
         figures.push(...await runFoundationBench(opts));
+      } else if (suite === "planner") {
+        figures.push(...await runPlannerBench(opts));
       } else {
         const diff = await runDifferentialHook(opts);
         if (diff === null) notes.push("differential: bench/differential_bench.ts is not present yet, nothing measured");

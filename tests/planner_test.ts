@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import type { Clock } from "../engine/clock.ts";
 import type { CostSample } from "../engine/cost_model.ts";
 import { type AlertState, decideAlert } from "../engine/alerts/outbox.ts";
-import { buildFacts, type FactInput } from "../engine/planner/facts.ts";
+import { buildFacts, type FactInput, historyStats } from "../engine/planner/facts.ts";
 import { RuleSet } from "../engine/planner/recommend.ts";
 import { loadRules, RuleFileError } from "../engine/planner/rules.ts";
 
@@ -45,6 +45,7 @@ function history(
 }
 
 function input(samples: CostSample[], over: Partial<FactInput> = {}): FactInput {
+  const history = historyStats(samples);
   return {
     schema: "public",
     name: "daily_totals",
@@ -56,7 +57,7 @@ function input(samples: CostSample[], over: Partial<FactInput> = {}): FactInput 
     pendingChanges: 0,
     sourceRows: 1000,
     maxChangeRatio: 0.15,
-    samples,
+    history,
     minSamples: 20,
     lastFired: { predicted_sla_breach: null, freshness_deadline_missed: null },
     now: NOW,

@@ -2,7 +2,16 @@
  * The planner's facts about one stream table (docs/rules.md lists them): what its history, catalog row and change
  * buffers say, as plain numbers a rule can test. Pure: the pass (pass.ts) reads the database and hands the inputs here.
  */
-import { type CostAction, type CostSample, peakHours, recentCost, robustSigma, summarize } from "../cost_model.ts";
+import {
+  type ActionSummary,
+  type CostAction,
+  type CostSample,
+  type PeakHours,
+  peakHours,
+  type RecentCost,
+  recentCost,
+  summarize,
+} from "../cost_model.ts";
 import { intervalSeconds, parseSchedule } from "../schedule.ts";
 
 /** Every fact a rule may name, with its meaning; a rule naming anything else is refused at start. */
@@ -64,22 +73,44 @@ export interface FactInput {
   /** Rows in its sources (pg_class.reltuples), to foresee a FULL by differential_max_change_ratio; null: unknown. */
   sourceRows: number | null;
   maxChangeRatio: number;
-  samples: readonly CostSample[];
+  /** historyStats() of its recent refreshes (computed once per new refresh, not per pass). */
+  history: HistoryStats;
   minSamples: number;
   lastFired: { predicted_sla_breach: Date | null; freshness_deadline_missed: Date | null };
   now: Date;
 }
 
+/** What a stream table's history says, apart from the clock and the catalog: cached until it has a new refresh. */
+export interface HistoryStats {
+  summary: Record<CostAction, ActionSummary>;
+  recent: Record<CostAction, RecentCost>;
+  peaks: Record<CostAction, PeakHours>;
+}
+
+/** The statistics of a stream table's history the facts are made of. */
+export function historyStats(samples: readonly CostSample[]): HistoryStats {
+  const summary = summarize(samples);
+  const peaks = (a: CostAction) =>
+    peakHours(summary[a].hourProfile, { minRatio: PEAK_MIN_RATIO, minHours: PEAK_MIN_HOURS });
+  return {
+    summary,
+    recent: {
+      FULL: recentCost(samples, { action: "FULL", window: RECENT_WINDOW }),
+      DIFFERENTIAL: recentCost(samples, { action: "DIFFERENTIAL", window: RECENT_WINDOW }),
+    },
+    peaks: { FULL: peaks("FULL"), DIFFERENTIAL: peaks("DIFFERENTIAL") },
+  };
+}
+
 /** The facts of one stream table. */
 export function buildFacts(input: FactInput): Facts {
-  const summary = summarize(input.samples);
+  const { summary, recent } = input.history;
   const next = nextAction(input);
-  const predicted = predictNext(next, input.samples, input.pendingChanges);
-  const nextMs = input.samples.filter((s) => s.action === next).map((s) => s.duration_ms);
-  const costMs = nextMs.length > 0
-    ? Math.max(summary[next].medianMs! + 3 * robustSigma(nextMs), predicted ?? 0)
+  const predicted = predictNext(next, recent, input.pendingChanges);
+  const costMs = summary[next].medianMs !== null
+    ? Math.max(summary[next].medianMs! + 3 * summary[next].sigmaMs!, predicted ?? 0)
     : predicted;
-  const peaks = peakHours(summary[next].hourProfile, { minRatio: PEAK_MIN_RATIO, minHours: PEAK_MIN_HOURS });
+  const peaks = input.history.peaks[next];
   const deadline = input.freshnessDeadlineMs;
   const staleness = input.lastRefreshAt === null ? null : input.now.getTime() - input.lastRefreshAt.getTime();
   const since = (d: Date | null) => d === null ? null : (input.now.getTime() - d.getTime()) / 1000;
@@ -133,10 +164,10 @@ function nextAction(input: FactInput): CostAction {
  * FULL costs what recent FULLs cost; DIFFERENTIAL costs recent ms per delta row times the pending rows. With no
  * DIFFERENTIAL yet, a FULL's cost bounds it (a differential refresh is chosen only when it is the cheaper).
  */
-function predictNext(action: CostAction, samples: readonly CostSample[], pending: number): number | null {
-  const full = recentCost(samples, { action: "FULL", window: RECENT_WINDOW });
+function predictNext(action: CostAction, recent: HistoryStats["recent"], pending: number): number | null {
+  const full = recent.FULL;
   if (action === "FULL") return full.medianMs;
-  const diff = recentCost(samples, { action: "DIFFERENTIAL", window: RECENT_WINDOW });
+  const diff = recent.DIFFERENTIAL;
   return diff.msPerDeltaRow === null ? full.medianMs : diff.msPerDeltaRow * Math.max(1, pending);
 }
 

@@ -7,7 +7,7 @@ import { deltaStats } from "../cdc.ts";
 import type { DatabaseContext } from "../context.ts";
 import type { CostSample } from "../cost_model.ts";
 import { type AlertSinks, alertStates, decideAlert, writeAlert } from "../alerts/outbox.ts";
-import { buildFacts, type Facts } from "./facts.ts";
+import { buildFacts, type Facts, type HistoryStats, historyStats } from "./facts.ts";
 import type { Evaluation, RuleSet } from "./recommend.ts";
 import { ALERT_KINDS } from "./rules.ts";
 
@@ -20,8 +20,13 @@ export interface PlannerSettings {
   sinks: AlertSinks;
 }
 
+/** A stream table's history statistics as of its latest successful refresh (by refresh_id). */
+export type HistoryCache = Map<number, { lastRefreshId: number; stats: HistoryStats }>;
+
 export interface PassOptions {
   rules: RuleSet;
+  /** Kept by the planner across passes of one database: history is read and summarised again only when it grew. */
+  cache: HistoryCache;
   settings: PlannerSettings;
   /** Store recommendations (a full pass); false: only check alerts (after a tick, stream tables with a deadline). */
   recommend: boolean;
@@ -46,21 +51,38 @@ interface Row {
   frontier: string | null;
   sources: number[];
   source_rows: number | null;
+  last_refresh_id: number | null;
+}
+
+interface HistoryRow {
+  pgt_id: number;
   actions: ("FULL" | "DIFFERENTIAL")[] | null;
   durations: number[] | null;
   deltas: number[] | null;
   starts: number[] | null;
 }
 
+/** Tables evaluated between two yields to the event loop: a pass must not hold up the refreshes beside it. */
+const SLICE = 20;
+
 /** One pass over the database. */
 export async function planPass(ctx: DatabaseContext, options: PassOptions): Promise<PassResult> {
   const t0 = performance.now();
   const now = ctx.clock.now();
-  const rows = await readStreamTables(ctx, { deadlineOnly: !options.recommend });
-  const pending = await pendingChanges(ctx, rows);
-  const states = await alertStates(ctx.sql, rows.map((r) => r.pgt_id));
+  const all = await readStreamTables(ctx, { deadlineOnly: !options.recommend });
+  const grown = await refreshHistoryCache(ctx, { rows: all, cache: options.cache });
+  const pending = await pendingChanges(ctx, all);
+  const states = await alertStates(ctx.sql, all.map((r) => r.pgt_id));
+  // An alert check (not a full pass) runs the rules again only where an alert could change: new refreshes, pending
+  // changes, an alert firing, or data past its deadline. A full pass runs them for every stream table.
+  const rows = options.recommend ? all : all.filter((r) =>
+    grown.has(r.pgt_id) || (pending.get(r.pgt_id) ?? 0) > 0 ||
+    [...(states.get(r.pgt_id)?.values() ?? [])].some((s) => s.active) ||
+    (r.last_refresh_at !== null && now.getTime() - r.last_refresh_at.getTime() > Number(r.freshness_deadline_ms))
+  );
   const evaluations: { row: Row; facts: Facts; evaluation: Evaluation }[] = [];
-  for (const row of rows) {
+  for (const [i, row] of rows.entries()) {
+    if (i % SLICE === SLICE - 1) await new Promise((r) => setTimeout(r, 0));
     const state = states.get(row.pgt_id);
     const facts = buildFacts({
       schema: row.pgt_schema,
@@ -73,7 +95,7 @@ export async function planPass(ctx: DatabaseContext, options: PassOptions): Prom
       pendingChanges: pending.get(row.pgt_id) ?? 0,
       sourceRows: row.source_rows === null ? null : Number(row.source_rows),
       maxChangeRatio: ctx.settings.differentialMaxChangeRatio,
-      samples: samplesOf(row),
+      history: options.cache.get(row.pgt_id)!.stats,
       minSamples: options.settings.minSamples,
       lastFired: {
         predicted_sla_breach: state?.get("predicted_sla_breach")?.last_fired_at ?? null,
@@ -148,7 +170,6 @@ export function figures(facts: Facts): Record<string, number | null> {
 }
 
 async function readStreamTables(ctx: DatabaseContext, options: { deadlineOnly: boolean }): Promise<Row[]> {
-  // Arrays per stream table: one row each instead of one per refresh (a pass reads up to 1,000 x 1,000 samples).
   return await ctx.sql<Row[]>`
     SELECT st.pgt_id, st.pgt_schema, st.pgt_name, st.effective_refresh_mode, st.schedule, st.freshness_deadline_ms,
       st.status, st.last_refresh_at, st.frontier::text AS frontier,
@@ -157,22 +178,48 @@ async function readStreamTables(ctx: DatabaseContext, options: { deadlineOnly: b
       (SELECT CASE WHEN bool_or(c.reltuples < 0) THEN NULL ELSE sum(c.reltuples)::float8 END
         FROM pgtrickle.pgt_dependencies d JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
         WHERE d.pgt_id = st.pgt_id) AS source_rows,
-      h.actions, h.durations, h.deltas, h.starts
+      (SELECT h.refresh_id FROM pgtrickle.pgt_refresh_history h
+        WHERE h.pgt_id = st.pgt_id AND h.status = 'SUCCESS' AND h.action IN ('FULL', 'DIFFERENTIAL')
+        ORDER BY h.started_at DESC, h.refresh_id DESC LIMIT 1) AS last_refresh_id
     FROM pgtrickle.pgt_stream_tables st
-    LEFT JOIN LATERAL (
-      SELECT array_agg(x.action) AS actions, array_agg(x.duration_ms) AS durations,
-        array_agg(x.delta_rows::float8) AS deltas, array_agg(extract(epoch FROM x.started_at)::float8) AS starts
-      FROM (
-        SELECT action, duration_ms, delta_rows, started_at FROM pgtrickle.pgt_refresh_history
-        WHERE pgt_id = st.pgt_id AND status = 'SUCCESS' AND action IN ('FULL', 'DIFFERENTIAL')
-        ORDER BY started_at DESC LIMIT ${HISTORY_WINDOW}
-      ) x
-    ) h ON true
     WHERE st.status <> 'INITIALIZING' AND (NOT ${options.deadlineOnly} OR st.freshness_deadline_ms IS NOT NULL)
     ORDER BY st.pgt_id`;
 }
 
-function samplesOf(row: Row): CostSample[] {
+/**
+ * Reads the history of the stream tables that refreshed since their statistics were cached (all of them the first
+ * time), and summarises it; drops the cache entries of stream tables gone. Returns the ids whose history grew.
+ */
+async function refreshHistoryCache(
+  ctx: DatabaseContext,
+  options: { rows: Row[]; cache: HistoryCache },
+): Promise<Set<number>> {
+  const { rows, cache } = options;
+  const latest = new Map(rows.map((r) => [r.pgt_id, Number(r.last_refresh_id ?? 0)]));
+  const stale = rows.filter((r) => cache.get(r.pgt_id)?.lastRefreshId !== latest.get(r.pgt_id)).map((r) => r.pgt_id);
+  if (stale.length > 0) {
+    // Arrays per stream table: one row each instead of one per refresh (a cold pass reads 1,000 x 1,000 samples).
+    const history = await ctx.sql<HistoryRow[]>`
+      SELECT st.pgt_id, h.actions, h.durations, h.deltas, h.starts
+      FROM unnest(${stale}::int8[]) AS st(pgt_id)
+      CROSS JOIN LATERAL (
+        SELECT array_agg(x.action) AS actions, array_agg(x.duration_ms) AS durations,
+          array_agg(x.delta_rows::float8) AS deltas, array_agg(extract(epoch FROM x.started_at)::float8) AS starts
+        FROM (
+          SELECT action, duration_ms, delta_rows, started_at FROM pgtrickle.pgt_refresh_history
+          WHERE pgt_id = st.pgt_id AND status = 'SUCCESS' AND action IN ('FULL', 'DIFFERENTIAL')
+          ORDER BY started_at DESC LIMIT ${HISTORY_WINDOW}
+        ) x
+      ) h`;
+    for (const [i, h] of history.entries()) {
+      if (i % SLICE === SLICE - 1) await new Promise((r) => setTimeout(r, 0));
+      cache.set(Number(h.pgt_id), { lastRefreshId: latest.get(Number(h.pgt_id))!, stats: historyStats(samplesOf(h)) });
+    }
+  }
+  return new Set(stale);
+}
+
+function samplesOf(row: HistoryRow): CostSample[] {
   const out: CostSample[] = [];
   for (let i = 0; i < (row.actions?.length ?? 0); i++) {
     out.push({

@@ -8,7 +8,7 @@ import type { DatabaseContext } from "../context.ts";
 import type { EngineEvents, RefreshFacts } from "../events.ts";
 import type { Tx } from "../../db/pool.ts";
 import { alertStates, writeAlert } from "../alerts/outbox.ts";
-import { type PassResult, type PlannerSettings, planPass } from "./pass.ts";
+import { type HistoryCache, type PassResult, type PlannerSettings, planPass } from "./pass.ts";
 import { RuleSet } from "./recommend.ts";
 import type { LoadedRule } from "./rules.ts";
 
@@ -23,6 +23,7 @@ export class Planner {
   readonly settings: PlannerOptions["settings"];
   readonly #dbs: Map<string, DatabaseContext>;
   readonly #lastFull = new Map<string, number>();
+  readonly #caches = new Map<string, HistoryCache>();
   readonly #running = new Map<string, Promise<void>>();
   readonly #unsubscribe: (() => void)[] = [];
   /** Called after a pass writes alerts (the delivery sends them without waiting for its next poll). */
@@ -48,9 +49,21 @@ export class Planner {
     await Promise.allSettled([...this.#running.values()]);
   }
 
+  /** Waits for the passes in flight (the bench, between its blocks). */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.#running.values()]);
+  }
+
   /** One pass over a database now: `recommend` stores recommendations too (tests and the bench call it). */
   async pass(ctx: DatabaseContext, options: { recommend: boolean }): Promise<PassResult> {
-    const result = await planPass(ctx, { rules: this.rules, settings: this.settings, recommend: options.recommend });
+    const cache = this.#caches.get(ctx.name) ?? new Map();
+    this.#caches.set(ctx.name, cache);
+    const result = await planPass(ctx, {
+      rules: this.rules,
+      settings: this.settings,
+      recommend: options.recommend,
+      cache,
+    });
     if (options.recommend) this.#lastFull.set(ctx.name, ctx.clock.now().getTime());
     if (result.alerts.length > 0) {
       ctx.log.info("alerts", { alerts: result.alerts });
