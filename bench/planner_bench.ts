@@ -95,9 +95,18 @@ async function passFigures(svc: TestService, opts: BenchOptions): Promise<Figure
   const ctx = svc.engine.db();
   const read = await timeMs(() => readHistory(ctx));
   let n = 0;
-  const cold = await timeMs(async () => n = (await svc.engine.planner.pass(ctx, { recommend: true })).stream_tables);
+  let phases = {};
+  const cold = await timeMs(async () => {
+    const r = await svc.engine.planner.pass(ctx, { recommend: true });
+    n = r.stream_tables;
+    phases = r.phases;
+  });
   if (n < STREAM_TABLES) throw new Error(`The pass saw ${n} stream tables, expected ${STREAM_TABLES}`);
-  opts.progress(`planner pass, cold: ${cold.toFixed(0)} ms (the history read alone ${read.toFixed(0)} ms)`);
+  opts.progress(
+    `planner pass, cold: ${cold.toFixed(0)} ms (the history read alone ${read.toFixed(0)} ms) ${
+      JSON.stringify(phases)
+    }`,
+  );
   const warm: number[] = [];
   const readGrown: number[] = [];
   for (let run = 0; run < PASS_RUNS; run++) {
@@ -108,9 +117,11 @@ async function passFigures(svc: TestService, opts: BenchOptions): Promise<Figure
        SELECT pgt_id, now(), now(), 120, 'DIFFERENTIAL', 'SUCCESS', 3, 'SCHEDULER' FROM pgtrickle.pgt_stream_tables
        WHERE pgt_schema = 'bench' AND pgt_id % 5 = ${run % 5}`,
     );
-    warm.push(await timeMs(() => svc.engine.planner.pass(ctx, { recommend: true })));
+    let warmPhases = {};
+    warm.push(await timeMs(async () => warmPhases = (await svc.engine.planner.pass(ctx, { recommend: true })).phases));
     opts.progress(
-      `planner pass ${run + 1}/${PASS_RUNS}, 200 stream tables refreshed since: ${warm.at(-1)!.toFixed(0)} ms`,
+      `planner pass ${run + 1}/${PASS_RUNS}, 200 stream tables refreshed since: ${warm.at(-1)!.toFixed(0)} ms ` +
+        JSON.stringify(warmPhases),
     );
     readGrown.push(await timeMs(() => readHistory(ctx)));
   }

@@ -198,7 +198,7 @@ Deno.test({
     probe.close(); // nothing listens there now
     const clock = new OffsetClock();
     const plan = await planning(
-      { webhooks: [{ url: `http://127.0.0.1:${port}/hook`, secret: SECRET }] },
+      { webhooks: [{ url: `http://user:pw-in-url@127.0.0.1:${port}/hook?token=in-the-query`, secret: SECRET }] },
       { maxAttempts: 3, retryBaseMs: 10 },
     );
     const s = await startTestService({ clock, planning: plan });
@@ -215,6 +215,9 @@ Deno.test({
       assert.equal(d.attempts, 3, "dead after the attempt limit, not tried again");
       assert.equal(d.last_status, null);
       assert.match(d.last_error as string, /^network: /);
+      assert.equal(d.target, `http://127.0.0.1:${port}/hook`);
+      const text = JSON.stringify(alerts);
+      for (const hidden of ["pw-in-url", "in-the-query", SECRET]) assert.ok(!text.includes(hidden), hidden);
       assert.equal(d.next_attempt_at, null);
       // The service is unaffected: it answers, and stream tables work.
       await ok(await s.request("GET", "/health"));

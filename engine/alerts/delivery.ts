@@ -202,15 +202,22 @@ export class AlertDelivery {
         retryAfterMs: retry ? retryAfterMs(res.headers.get("retry-after"), now, this.#settings.retryMaxMs) : null,
       };
     } catch (e) {
-      // The error names the host at most: the URL's query or credentials are not in Deno's network errors.
       const why = e instanceof DOMException && e.name === "TimeoutError"
         ? `no answer within ${this.#settings.timeoutMs} ms`
         : e instanceof Error
         ? e.message
         : String(e);
-      return { ok: false, retry: true, status: null, error: `network: ${why}`, retryAfterMs: null };
+      return { ok: false, retry: true, status: null, error: `network: ${withoutUrlSecrets(why)}`, retryAfterMs: null };
     }
   }
+}
+
+/**
+ * A network error's text without what a URL may hide a secret in (user info, query, fragment): Deno's fetch errors
+ * quote the URL, and this text is logged and shown in /alerts.
+ */
+export function withoutUrlSecrets(text: string): string {
+  return text.replace(/(https?:\/\/)[^\s/@)]*@/g, "$1").replace(/(https?:\/\/[^\s?#)]*)[?#][^\s)]*/g, "$1");
 }
 
 /** Retry-After as milliseconds from `now` (seconds or an HTTP date), capped; null when absent or unreadable. */

@@ -20,8 +20,11 @@ export interface PlannerSettings {
   sinks: AlertSinks;
 }
 
-/** A stream table's history statistics as of its latest successful refresh (by refresh_id). */
-export type HistoryCache = Map<number, { lastRefreshId: number; stats: HistoryStats }>;
+/**
+ * Per stream table: its latest HISTORY_WINDOW successful refreshes (newest first) as of refresh `lastRefreshId`, and
+ * their statistics. A pass reads only the refreshes after it.
+ */
+export type HistoryCache = Map<number, { lastRefreshId: number; samples: CostSample[]; stats: HistoryStats }>;
 
 export interface PassOptions {
   rules: RuleSet;
@@ -37,6 +40,8 @@ export interface PassResult {
   duration_ms: number;
   /** Alerts written: `kind:state:stream_table`. */
   alerts: string[];
+  /** Milliseconds per phase (catalog, history, pending, rules, store, alerts): where a slow pass spends its time. */
+  phases: Record<string, number>;
 }
 
 interface Row {
@@ -69,10 +74,20 @@ const SLICE = 20;
 export async function planPass(ctx: DatabaseContext, options: PassOptions): Promise<PassResult> {
   const t0 = performance.now();
   const now = ctx.clock.now();
+  const phases: Record<string, number> = {};
+  let mark = performance.now();
+  const phase = (name: string) => {
+    const t = performance.now();
+    phases[name] = Math.round(t - mark);
+    mark = t;
+  };
   const all = await readStreamTables(ctx, { deadlineOnly: !options.recommend });
-  const grown = await refreshHistoryCache(ctx, { rows: all, cache: options.cache });
+  phase("catalog");
+  const grown = await refreshHistoryCache(ctx, { rows: all, cache: options.cache, partial: !options.recommend });
+  phase("history");
   const pending = await pendingChanges(ctx, all);
   const states = await alertStates(ctx.sql, all.map((r) => r.pgt_id));
+  phase("pending");
   // An alert check (not a full pass) runs the rules again only where an alert could change: new refreshes, pending
   // changes, an alert firing, or data past its deadline. A full pass runs them for every stream table.
   const rows = options.recommend ? all : all.filter((r) =>
@@ -105,7 +120,9 @@ export async function planPass(ctx: DatabaseContext, options: PassOptions): Prom
     });
     evaluations.push({ row, facts, evaluation: await options.rules.evaluate(facts) });
   }
+  phase("rules");
   if (options.recommend) await storeRecommendations(ctx, { evaluations, now, t0 });
+  phase("store");
   const alerts: string[] = [];
   for (const e of evaluations) {
     // Alerts concern stream tables being scheduled; a suspended or failed one is another problem, reported apart.
@@ -119,7 +136,8 @@ export async function planPass(ctx: DatabaseContext, options: PassOptions): Prom
     if (ALERT_KINDS.every((k) => decide(k) === null)) continue;
     alerts.push(...await decideAndWrite(ctx, { ...e, holds, now, settings: options.settings }));
   }
-  return { stream_tables: rows.length, duration_ms: performance.now() - t0, alerts };
+  phase("alerts");
+  return { stream_tables: rows.length, duration_ms: performance.now() - t0, alerts, phases };
 }
 
 /** Re-decides under the state rows' lock (a refresh's hook may have resolved meanwhile) and writes the alerts. */
@@ -192,30 +210,40 @@ async function readStreamTables(ctx: DatabaseContext, options: { deadlineOnly: b
  */
 async function refreshHistoryCache(
   ctx: DatabaseContext,
-  options: { rows: Row[]; cache: HistoryCache },
+  options: { rows: Row[]; cache: HistoryCache; partial: boolean },
 ): Promise<Set<number>> {
   const { rows, cache } = options;
+  const present = new Set(rows.map((r) => r.pgt_id));
   const latest = new Map(rows.map((r) => [r.pgt_id, Number(r.last_refresh_id ?? 0)]));
   const stale = rows.filter((r) => cache.get(r.pgt_id)?.lastRefreshId !== latest.get(r.pgt_id)).map((r) => r.pgt_id);
   if (stale.length > 0) {
+    const after = stale.map((id) => cache.get(id)?.lastRefreshId ?? 0);
+    // The newest cached start bounds the index scan (pgt_id, started_at DESC): only the new rows are visited. A
+    // second of slack covers the epoch's rounding; refresh_id keeps the rows already cached out.
+    const afterStart = stale.map((id) => (cache.get(id)?.samples[0]?.started_at.getTime() ?? 0) / 1000 - 1);
     // Arrays per stream table: one row each instead of one per refresh (a cold pass reads 1,000 x 1,000 samples).
     const history = await ctx.sql<HistoryRow[]>`
       SELECT st.pgt_id, h.actions, h.durations, h.deltas, h.starts
-      FROM unnest(${stale}::int8[]) AS st(pgt_id)
+      FROM unnest(${stale}::int8[], ${after}::int8[], ${afterStart}::float8[]) AS st(pgt_id, after, after_start)
       CROSS JOIN LATERAL (
         SELECT array_agg(x.action) AS actions, array_agg(x.duration_ms) AS durations,
           array_agg(x.delta_rows::float8) AS deltas, array_agg(extract(epoch FROM x.started_at)::float8) AS starts
         FROM (
           SELECT action, duration_ms, delta_rows, started_at FROM pgtrickle.pgt_refresh_history
-          WHERE pgt_id = st.pgt_id AND status = 'SUCCESS' AND action IN ('FULL', 'DIFFERENTIAL')
+          WHERE pgt_id = st.pgt_id AND started_at >= to_timestamp(st.after_start) AND refresh_id > st.after
+            AND status = 'SUCCESS' AND action IN ('FULL', 'DIFFERENTIAL')
           ORDER BY started_at DESC LIMIT ${HISTORY_WINDOW}
         ) x
       ) h`;
     for (const [i, h] of history.entries()) {
       if (i % SLICE === SLICE - 1) await new Promise((r) => setTimeout(r, 0));
-      cache.set(Number(h.pgt_id), { lastRefreshId: latest.get(Number(h.pgt_id))!, stats: historyStats(samplesOf(h)) });
+      const id = Number(h.pgt_id);
+      // History pruned meanwhile drops out of the window as new refreshes push it, not at once.
+      const samples = [...samplesOf(h), ...(cache.get(id)?.samples ?? [])].slice(0, HISTORY_WINDOW);
+      cache.set(id, { lastRefreshId: latest.get(id)!, samples, stats: historyStats(samples) });
     }
   }
+  for (const id of cache.keys()) if (!present.has(id) && !options.partial) cache.delete(id);
   return new Set(stale);
 }
 
