@@ -67,8 +67,21 @@ interface HistoryRow {
   starts: number[] | null;
 }
 
-/** Tables evaluated between two yields to the event loop: a pass must not hold up the refreshes beside it. */
-const SLICE = 20;
+/**
+ * The longest a pass computes without letting the event loop run (ms): the refreshes beside it wait for their
+ * database answers to be handled, so a pass's CPU work is cut into slices this short.
+ */
+const SLICE_MS = 3;
+
+/** A yield to the event loop once the current slice of work has run SLICE_MS. */
+function slicer(): () => Promise<void> {
+  let start = performance.now();
+  return async () => {
+    if (performance.now() - start < SLICE_MS) return;
+    await new Promise((r) => setTimeout(r, 0));
+    start = performance.now();
+  };
+}
 
 /** One pass over the database. */
 export async function planPass(ctx: DatabaseContext, options: PassOptions): Promise<PassResult> {
@@ -96,8 +109,9 @@ export async function planPass(ctx: DatabaseContext, options: PassOptions): Prom
     (r.last_refresh_at !== null && now.getTime() - r.last_refresh_at.getTime() > Number(r.freshness_deadline_ms))
   );
   const evaluations: { row: Row; facts: Facts; evaluation: Evaluation }[] = [];
-  for (const [i, row] of rows.entries()) {
-    if (i % SLICE === SLICE - 1) await new Promise((r) => setTimeout(r, 0));
+  const yieldNow = slicer();
+  for (const row of rows) {
+    await yieldNow();
     const state = states.get(row.pgt_id);
     const facts = buildFacts({
       schema: row.pgt_schema,
@@ -235,8 +249,9 @@ async function refreshHistoryCache(
           ORDER BY started_at DESC LIMIT ${HISTORY_WINDOW}
         ) x
       ) h`;
-    for (const [i, h] of history.entries()) {
-      if (i % SLICE === SLICE - 1) await new Promise((r) => setTimeout(r, 0));
+    const yieldNow = slicer();
+    for (const h of history) {
+      await yieldNow();
       const id = Number(h.pgt_id);
       // History pruned meanwhile drops out of the window as new refreshes push it, not at once.
       const samples = [...samplesOf(h), ...(cache.get(id)?.samples ?? [])].slice(0, HISTORY_WINDOW);
