@@ -120,3 +120,38 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "alerts: a stream table being refreshed (its row locked) is skipped by the pass, not waited for",
+  ...dbTest,
+  fn: async () => {
+    const s = await startTestService();
+    const ctx = s.engine.db();
+    try {
+      await s.db.sql`CREATE TABLE src (id int PRIMARY KEY)`;
+      const st = await createStreamTable(ctx, {
+        name: { schema: "public", name: "busy" },
+        query: "SELECT id FROM src",
+        schedule: "1h",
+        refreshMode: "AUTO",
+        freshnessDeadlineMs: 1, // too old at once
+      });
+      await new Promise((r) => setTimeout(r, 5));
+      const holder = await s.db.sql.reserve();
+      try {
+        await holder`BEGIN`;
+        await holder`SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ${st.pgt_id} FOR UPDATE`;
+        const t0 = performance.now();
+        assert.deepEqual((await s.engine.planner.pass(ctx, { recommend: false })).alerts, []);
+        assert.ok(performance.now() - t0 < 5000, "the pass did not wait for the lock");
+        await holder`COMMIT`;
+      } finally {
+        holder.release();
+      }
+      const alerts = (await s.engine.planner.pass(ctx, { recommend: false })).alerts;
+      assert.ok(alerts.includes("freshness_deadline_missed:firing:public.busy"), JSON.stringify(alerts));
+    } finally {
+      await s.close();
+    }
+  },
+});

@@ -161,9 +161,12 @@ async function decideAndWrite(
 ): Promise<string[]> {
   const name = `${e.row.pgt_schema}.${e.row.pgt_name}`;
   return await ctx.sql.begin(async (tx) => {
-    // The stream table's row first: the lock order of a refresh (its row, then the hook's state rows).
-    const [st] = await tx`SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ${e.row.pgt_id} FOR UPDATE`;
-    if (st === undefined) return [];
+    // The stream table's row first, the lock order of a refresh (its row, then the hook's state rows). One being
+    // refreshed is skipped rather than waited for, and one refreshed since its facts were read is left to the next
+    // pass: its facts are stale (the refresh may have resolved what they say).
+    const [st] = await tx<{ last_refresh_at: Date | null }[]>`
+      SELECT last_refresh_at FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ${e.row.pgt_id} FOR UPDATE SKIP LOCKED`;
+    if (st === undefined || st.last_refresh_at?.getTime() !== e.row.last_refresh_at?.getTime()) return [];
     const states = (await alertStates(tx, [e.row.pgt_id], { lock: true })).get(e.row.pgt_id);
     const written: string[] = [];
     for (const kind of ALERT_KINDS) {
