@@ -24,7 +24,37 @@ export interface PlannerSettings {
  * Per stream table: its latest HISTORY_WINDOW successful refreshes (newest first) as of refresh `lastRefreshId`, and
  * their statistics. A pass reads only the refreshes after it.
  */
-export type HistoryCache = Map<number, { lastRefreshId: number; samples: CostSample[]; stats: HistoryStats }>;
+export type HistoryCache = Map<number, { lastRefreshId: number; samples: CompactSamples; stats: HistoryStats }>;
+
+/**
+ * Samples newest first, one typed array per field: 25 bytes a sample instead of about 180 as objects with a Date
+ * (1,000 stream tables x 1,000 refreshes: 25 MB, not 180 MB).
+ */
+export interface CompactSamples {
+  full: Uint8Array;
+  durations: Float64Array;
+  deltas: Float64Array;
+  startsMs: Float64Array;
+}
+
+function compact(samples: readonly CostSample[]): CompactSamples {
+  return {
+    full: Uint8Array.from(samples, (s) => (s.action === "FULL" ? 1 : 0)),
+    durations: Float64Array.from(samples, (s) => s.duration_ms),
+    deltas: Float64Array.from(samples, (s) => s.delta_rows),
+    startsMs: Float64Array.from(samples, (s) => s.started_at.getTime()),
+  };
+}
+
+function expand(c: CompactSamples | undefined): CostSample[] {
+  if (c === undefined) return [];
+  return Array.from(c.durations, (duration_ms, i) => ({
+    action: c.full[i] === 1 ? "FULL" as const : "DIFFERENTIAL" as const,
+    duration_ms,
+    delta_rows: c.deltas[i]!,
+    started_at: new Date(c.startsMs[i]!),
+  }));
+}
 
 export interface PassOptions {
   rules: RuleSet;
@@ -237,7 +267,7 @@ async function refreshHistoryCache(
     const after = stale.map((id) => cache.get(id)?.lastRefreshId ?? 0);
     // The newest cached start bounds the index scan (pgt_id, started_at DESC): only the new rows are visited. A
     // second of slack covers the epoch's rounding; refresh_id keeps the rows already cached out.
-    const afterStart = stale.map((id) => (cache.get(id)?.samples[0]?.started_at.getTime() ?? 0) / 1000 - 1);
+    const afterStart = stale.map((id) => (cache.get(id)?.samples.startsMs[0] ?? 0) / 1000 - 1);
     // Arrays per stream table: one row each instead of one per refresh (a cold pass reads 1,000 x 1,000 samples).
     const history = await ctx.sql<HistoryRow[]>`
       SELECT st.pgt_id, h.actions, h.durations, h.deltas, h.starts
@@ -257,8 +287,8 @@ async function refreshHistoryCache(
       await yieldNow();
       const id = Number(h.pgt_id);
       // History pruned meanwhile drops out of the window as new refreshes push it, not at once.
-      const samples = [...samplesOf(h), ...(cache.get(id)?.samples ?? [])].slice(0, HISTORY_WINDOW);
-      cache.set(id, { lastRefreshId: latest.get(id)!, samples, stats: historyStats(samples) });
+      const samples = [...samplesOf(h), ...expand(cache.get(id)?.samples)].slice(0, HISTORY_WINDOW);
+      cache.set(id, { lastRefreshId: latest.get(id)!, samples: compact(samples), stats: historyStats(samples) });
     }
   }
   for (const id of cache.keys()) if (!present.has(id) && !options.partial) cache.delete(id);
