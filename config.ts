@@ -24,6 +24,7 @@ export interface Config {
   scheduleAlertCooldownSeconds: number;
   metricsPort: number | null;
   metricsRequestTimeoutMs: number;
+  metricsSelfCheck: boolean;
   requestTimeoutMs: number;
   bodyLimitBytes: number;
   historyRetentionDays: number;
@@ -52,6 +53,14 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().in
 const identifierList = z.preprocess(
   (v) => typeof v === "string" ? v.split(",").map((s) => s.trim()).filter((s) => s !== "") : v,
   z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_$-]{0,62}$/, "a database name")).min(1),
+);
+const booleanFlag = z.preprocess(
+  (
+    v,
+  ) => (typeof v === "string"
+    ? ({ true: true, "1": true, false: false, "0": false } as Record<string, boolean>)[v]
+    : v),
+  z.boolean({ error: "true or false" }),
 );
 const optionalText = z.preprocess((v) => (v === "" ? null : v), z.string().min(1).nullable());
 const commaList = (item: z.ZodType<string>) =>
@@ -95,6 +104,7 @@ const SETTINGS = {
   scheduleAlertCooldownSeconds: ["TRICKLE_SCHEDULE_ALERT_COOLDOWN_SECONDS", int(0, 86_400 * 7), 300],
   metricsPort: ["TRICKLE_METRICS_PORT", z.preprocess((v) => (v === "" ? null : v), int(0, 65535).nullable()), null],
   metricsRequestTimeoutMs: ["TRICKLE_METRICS_REQUEST_TIMEOUT_MS", int(1, 600_000), 5000],
+  metricsSelfCheck: ["TRICKLE_METRICS_SELF_CHECK", booleanFlag, false],
   requestTimeoutMs: ["TRICKLE_REQUEST_TIMEOUT_MS", int(1, 3_600_000), 30_000],
   bodyLimitBytes: ["TRICKLE_BODY_LIMIT_BYTES", int(1, 1 << 30), 1 << 20],
   historyRetentionDays: ["TRICKLE_HISTORY_RETENTION_DAYS", int(1, 3650), 7],

@@ -1,4 +1,7 @@
-/** Wiring only: config -> databases -> migrations -> engine -> HTTP server; graceful shutdown on SIGINT/SIGTERM. */
+/**
+ * Wiring only: config -> ports checked -> databases -> migrations -> engine -> HTTP listeners (the API, and the
+ * metrics listener when `metricsPort` is set); graceful shutdown on SIGINT/SIGTERM.
+ */
 import { ConfigError, loadConfig } from "./config.ts";
 import { startEmbedded } from "./db/embedded.ts";
 import { systemClock } from "./engine/clock.ts";
@@ -6,19 +9,9 @@ import { DEFAULT_PLANNING, Engine } from "./engine/engine.ts";
 import { loadRules } from "./engine/planner/rules.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createApp } from "./routes/app.ts";
+import { listen, type Listener, PortInUse } from "./routes/listener.ts";
+import { createMetricsApp } from "./routes/metrics_app.ts";
 import { VERSION } from "./version.ts";
-
-/** The typed error for a listen address already taken. */
-export class PortInUse extends Error {
-  readonly code = "PortInUse";
-  constructor(host: string, options: { port: number; setting: string }) {
-    super(
-      `Port ${options.port} on ${host} is already in use; stop the other process or set ${options.setting} ` +
-        `to a free port`,
-    );
-    this.name = "PortInUse";
-  }
-}
 
 /**
  * Fails with PortInUse when a listen port is taken, before any other start-up work: a taken port must not cost an
@@ -149,26 +142,41 @@ async function main(): Promise<number> {
     readToken: config.readToken,
     bodyLimitBytes: config.bodyLimitBytes,
     requestTimeoutMs: config.requestTimeoutMs,
+    metricsRequestTimeoutMs: config.metricsRequestTimeoutMs,
+    metricsSelfCheck: config.metricsSelfCheck,
     shuttingDown: () => shuttingDown,
   });
 
-  let server: Deno.HttpServer;
+  const listeners: Listener[] = [];
   try {
-    server = Deno.serve({
-      hostname: host,
-      port: config.port,
-      onListen: ({ hostname, port }) =>
-        log.info("listening", { url: `http://${hostname}:${port}`, databases: engine.databaseNames }),
-      onError: (e) => {
-        log.error("unhandled server error", { error: e });
-        return new Response("Internal Server Error", { status: 500 });
-      },
-    }, app.fetch);
+    const main = await listen(app, { hostname: host, port: config.port, setting: "TRICKLE_PORT", log, name: "main" });
+    listeners.push(main);
+    log.info("listening", { url: `http://${host}:${main.port}`, databases: engine.databaseNames });
+    if (config.metricsPort !== null) {
+      const metricsApp = createMetricsApp({
+        engine,
+        log,
+        adminToken: config.adminToken,
+        readToken: config.readToken,
+        bodyLimitBytes: config.bodyLimitBytes,
+        metricsRequestTimeoutMs: config.metricsRequestTimeoutMs,
+        metricsSelfCheck: config.metricsSelfCheck,
+        shuttingDown: () => shuttingDown,
+      });
+      const metrics = await listen(metricsApp, {
+        hostname: host,
+        port: config.metricsPort,
+        setting: "TRICKLE_METRICS_PORT",
+        log,
+        name: "metrics",
+      });
+      listeners.push(metrics);
+      log.info("metrics listening", { url: `http://${host}:${metrics.port}` });
+    }
   } catch (e) {
-    const err = e instanceof Deno.errors.AddrInUse
-      ? new PortInUse(host, { port: config.port, setting: "TRICKLE_PORT" })
-      : e;
-    logStartFailure(log, "could not listen", err);
+    // A port taken between the check at start and now.
+    logStartFailure(log, "could not listen", e);
+    await Promise.all(listeners.map((l) => l.shutdown()));
     await engine.close();
     await stopEmbedded();
     return 1;
@@ -181,7 +189,7 @@ async function main(): Promise<number> {
     if (shuttingDown) return;
     shuttingDown = true;
     log.info("shutting down", { signal });
-    await server.shutdown(); // stop accepting; let requests in flight finish
+    await Promise.all(listeners.map((l) => l.shutdown())); // stop accepting; let requests in flight finish
     await engine.close(); // finish (or roll back) running refreshes, close pools
     await stopEmbedded();
     log.info("stopped");

@@ -20,32 +20,12 @@ import { quoteIdent } from "../db/identifiers.ts";
 import type { Sql, Tx } from "../db/pool.ts";
 import { freshDatabase } from "../tests/support/db.ts";
 import { type BenchOptions, checkpoint, exec, type Figure, median, timeMs } from "./support.ts";
+import { changeFacts, DIM_ROWS, FACT_ROWS, loadFacts, SHAPES } from "./facts.ts";
 
-const FACT_ROWS = 1_000_000;
-const DIM_ROWS = 10_000;
-const GROUPS = 100_000;
 const CHANGES = [100, 1_000, 10_000];
+
 /** The orchestrator's default (TRICKLE_DIFFERENTIAL_MAX_CHANGE_RATIO). */
 const MAX_CHANGE_RATIO = 0.15;
-
-const CASES = [
-  {
-    key: "a",
-    name: "GROUP BY count/sum/avg, 100k groups",
-    query: "SELECT grp, count(*) AS c, sum(qty) AS sq, avg(amount) AS aa FROM fact GROUP BY grp",
-  },
-  {
-    key: "b",
-    name: "join projection, 1M rows",
-    query: "SELECT f.id, f.qty, f.amount, d.name FROM fact f JOIN dim d ON d.id = f.dim_id",
-  },
-  {
-    key: "c",
-    name: "join + GROUP BY, 1k groups",
-    query: "SELECT d.cat, count(*) AS c, sum(f.amount) AS s, avg(f.qty) AS aq FROM fact f JOIN dim d " +
-      "ON d.id = f.dim_id GROUP BY d.cat",
-  },
-];
 
 interface Table {
   key: string;
@@ -62,18 +42,9 @@ export async function runDifferentialBench(opts: BenchOptions): Promise<Figure[]
   const figures: Figure[] = [];
   try {
     opts.progress(`differential: loading ${FACT_ROWS} fact rows, ${DIM_ROWS} dimension rows`);
-    await exec(
-      sql,
-      `CREATE TABLE dim (id int PRIMARY KEY, name text NOT NULL, cat int NOT NULL);
-       INSERT INTO dim SELECT i, 'dim ' || i, i % 1000 FROM generate_series(0, ${DIM_ROWS - 1}) i;
-       CREATE TABLE fact (id bigint PRIMARY KEY, dim_id int NOT NULL, grp int NOT NULL, qty int NOT NULL,
-         amount numeric(12,2) NOT NULL);
-       INSERT INTO fact SELECT i, (i * 7) % ${DIM_ROWS}, i % ${GROUPS}, (i % 50) + 1, ((i * 37) % 100000) / 100.0
-         FROM generate_series(1, ${FACT_ROWS}) i;
-       ANALYZE dim; ANALYZE fact;`,
-    );
+    await loadFacts(sql);
     const tables: Table[] = [];
-    for (const c of CASES) {
+    for (const c of SHAPES) {
       const description = await describeQuery(sql, c.query);
       const plan = await planQuery(sql, { query: c.query, description });
       if (plan.unsupportedReason !== null) throw new Error(`${c.key}: ${plan.unsupportedReason}`);
@@ -169,24 +140,6 @@ async function rolledBack(sql: Sql, fn: (tx: Tx) => Promise<unknown>): Promise<n
     if (!(e instanceof Rollback)) throw e;
   }
   return ms;
-}
-
-/**
- * Changes `n` fact rows, deterministically, starting after the first `done`: most are updates of values (a seventh
- * move to another group, an eleventh to another dimension row), a tenth deletes, a tenth new rows.
- */
-async function changeFacts(sql: Sql, done: number, n: number): Promise<void> {
-  const ids = `SELECT ((g * 7919) % ${FACT_ROWS}) + 1 AS id FROM generate_series(${done + 1}, ${done + n}) g`;
-  await exec(
-    sql,
-    `UPDATE fact SET qty = qty + 1, amount = amount + 1.25,
-       grp = CASE WHEN id % 7 = 0 THEN (grp + 1) % ${GROUPS} ELSE grp END,
-       dim_id = CASE WHEN id % 11 = 0 THEN (dim_id + 1) % ${DIM_ROWS} ELSE dim_id END
-     WHERE id IN (${ids}) AND id % 10 NOT IN (3, 4);
-     DELETE FROM fact WHERE id IN (${ids}) AND id % 10 = 3;
-     INSERT INTO fact SELECT ${FACT_ROWS} + id, id % ${DIM_ROWS}, id % ${GROUPS}, 1, 1.00
-       FROM (${ids}) s WHERE id % 10 = 4;`,
-  );
 }
 
 /**

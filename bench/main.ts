@@ -4,51 +4,34 @@
  * with their ratio and goal, then stops the server.
  *
  *   deno task bench                          all benchmarks
- *   deno task bench --only foundation        one of: foundation, differential, planner
+ *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster,
+ *                                            planner
+ *   BENCH_CLUSTER_SECONDS=10 deno task bench --only cluster   a quick cluster run (default 60 s)
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
  */
 import { connect } from "../db/pool.ts";
 import { startThrowawayServer } from "../tests/support/embedded_server.ts";
+import { runDifferentialBench } from "./differential_bench.ts";
 import { runFoundationBench } from "./foundation_bench.ts";
+import { runHttpBench } from "./http_bench.ts";
+import { runMetricsBench } from "./metrics_bench.ts";
+import { runServiceBench } from "./service_bench.ts";
+import { runClusterBench } from "./cluster_bench.ts";
 import { runPlannerBench } from "./planner_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
-const SUITES = ["foundation", "differential", "planner"] as const;
-type Suite = typeof SUITES[number];
-
-/**
- * The differential engine's benchmark, written separately. Its module is expected to export
- * `runDifferentialBench(opts: BenchOptions): Promise<Figure[]>` (types in bench/support.ts): it creates its own
- * fresh databases on `opts.serverUrl` (or through tests/support, TEST_DATABASE_URL is set) and returns its figures,
- * which are printed in the same table. Until the file exists the suite is reported as not present.
- */
-const DIFFERENTIAL_BENCH = new URL("./differential_bench.ts", import.meta.url);
-
-async function runDifferentialHook(opts: BenchOptions): Promise<Figure[] | null> {
-  try {
-    await Deno.stat(DIFFERENTIAL_BENCH);
-  } catch {
-    return null;
-  }
-  // A computed specifier: the module may not exist yet, and bench/main.ts must type-check and run without it.
-  const mod = await import(DIFFERENTIAL_BENCH.href) as { runDifferentialBench?: unknown };
-  if (typeof mod.runDifferentialBench !== "function") {
-    throw new Error(`bench/differential_bench.ts does not export a function "runDifferentialBench"`);
-  }
-  const figures: unknown = await mod.runDifferentialBench(opts);
-  if (!Array.isArray(figures) || !figures.every(isFigure)) {
-    throw new Error(`runDifferentialBench should return Figure[] (bench/support.ts); it returned ${String(figures)}`);
-  }
-  return figures;
-}
-
-function isFigure(x: unknown): x is Figure {
-  const f = x as Partial<Figure> | null;
-  return typeof f === "object" && f !== null && typeof f.name === "string" && typeof f.measuredMs === "number" &&
-    typeof f.baselineMs === "number" && typeof f.baseline === "string" && typeof f.runs === "number" &&
-    (f.goal?.kind === "ratio" || f.goal?.kind === "ms") && typeof f.goal.max === "number";
-}
+/** Each suite creates its own fresh databases on the server and returns its figures. */
+const SUITES = {
+  foundation: runFoundationBench,
+  differential: runDifferentialBench,
+  service: runServiceBench,
+  http: runHttpBench,
+  metrics: runMetricsBench,
+  cluster: runClusterBench,
+  planner: runPlannerBench,
+} satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
+type Suite = keyof typeof SUITES;
 
 async function serverVersion(url: string): Promise<string> {
   const sql = connect(url, { max: 1 });
@@ -61,11 +44,12 @@ async function serverVersion(url: string): Promise<string> {
 }
 
 function parseArgs(args: string[]): Suite[] {
-  const usage = `usage: deno task bench [--only ${SUITES.join("|")}]`;
-  if (args.length === 0) return [...SUITES];
+  const names = Object.keys(SUITES) as Suite[];
+  const usage = `usage: deno task bench [--only ${names.join("|")}]`;
+  if (args.length === 0) return names;
   const value = args[0] === "--only" ? args[1] : args[0]?.startsWith("--only=") ? args[0].slice(7) : undefined;
   const consumed = args[0] === "--only" ? 2 : 1;
-  if (value === undefined || args.length > consumed || !(SUITES as readonly string[]).includes(value)) {
+  if (value === undefined || args.length > consumed || !(names as string[]).includes(value)) {
     console.error(usage);
     Deno.exit(2);
   }
@@ -100,15 +84,7 @@ try {
   version = await serverVersion(serverUrl);
   for (const suite of suites) {
     try {
-      if (suite === "foundation") {
-        figures.push(...await runFoundationBench(opts));
-      } else if (suite === "planner") {
-        figures.push(...await runPlannerBench(opts));
-      } else {
-        const diff = await runDifferentialHook(opts);
-        if (diff === null) notes.push("differential: bench/differential_bench.ts is not present yet, nothing measured");
-        else figures.push(...diff);
-      }
+      figures.push(...await SUITES[suite](opts));
     } catch (e) {
       failed = true;
       notes.push(`${suite}: FAILED: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);

@@ -39,3 +39,15 @@ export async function serverVersion(sql: Sql): Promise<number> {
   const [row] = await sql<{ v: string }[]>`SELECT current_setting('server_version_num') AS v`;
   return Number(row!.v);
 }
+
+/**
+ * A connection of its own (a one-connection client), for state that lives in a session: an advisory lock, a marker
+ * in `application_name`. Not `sql.reserve()`: in postgres.js 3.4.9 a query on a reserved connection whose server
+ * process has died throws an uncaught exception that ends the whole process (porsager/postgres#1208), and a queued
+ * reserve can wait for ever when a pool connection closes meanwhile (#1195). A one-connection client reconnects on
+ * its next query instead; what the old session held (a lock, a `set_config`) is then gone, so a caller that holds
+ * such state checks it (as leadership does) rather than assume it. `applicationName` is set at every (re)connection.
+ */
+export function connectSession(url: string, applicationName?: string): Sql {
+  return connect(url, { max: 1, ...(applicationName === undefined ? {} : { applicationName }) });
+}

@@ -13,7 +13,7 @@
  *   the settings a client gives at connection start are the defaults RESET returns to;
  * - `UNLISTEN *` (transactional like LISTEN), `DISCARD TEMP`, `DISCARD SEQUENCES` (both allowed in a transaction);
  * - `pg_advisory_unlock_all()`: session-level locks only (the pool's connections hold none of the engine's; the
- *   scheduler's leader lock lives on a reserved connection that never runs user SQL);
+ *   scheduler's leader lock lives on a connection of its own that never runs user SQL);
  * - statements the query PREPAREd (`from_sql`) are deallocated by name; postgres.js's protocol-level ones stay.
  *
  * Cost: one savepoint and one round trip per refresh that runs the query (about 0.3 ms locally); a refresh with

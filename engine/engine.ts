@@ -6,6 +6,7 @@ import type { Clock } from "./clock.ts";
 import type { DatabaseContext, EngineSettings } from "./context.ts";
 import { databaseNotFound } from "./errors.ts";
 import { EngineEvents } from "./events.ts";
+import { MetricsRegistry } from "./metrics/registry.ts";
 import type { Logger } from "../log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
 import { Planner, type PlannerOptions } from "./planner/planner.ts";
@@ -43,6 +44,8 @@ export interface EngineOptions {
 /** The managed databases and their scheduler. */
 export class Engine {
   readonly scheduler: Scheduler;
+  /** In-memory metrics, fed by the events from the first one on. */
+  readonly metrics: MetricsRegistry;
   /** The schedule planner: passes after ticks, recommendations, alert decisions. */
   readonly planner: Planner;
   /** Sends the alert outbox to webhooks and Alertmanager (started by main.ts). */
@@ -52,8 +55,9 @@ export class Engine {
 
   private constructor(
     contexts: DatabaseContext[],
-    parts: { scheduler: Scheduler; planner: Planner; alerts: AlertDelivery },
+    parts: { scheduler: Scheduler; metrics: MetricsRegistry; planner: Planner; alerts: AlertDelivery },
   ) {
+    this.metrics = parts.metrics;
     this.#contexts = new Map(contexts.map((c) => [c.name, c]));
     this.#defaultName = contexts[0]!.name;
     this.scheduler = parts.scheduler;
@@ -65,6 +69,7 @@ export class Engine {
   static async open(options: EngineOptions): Promise<Engine> {
     const contexts: DatabaseContext[] = [];
     const events = new EngineEvents(options.log);
+    const metrics = new MetricsRegistry(events);
     try {
       for (const name of options.databases) {
         await ensureDatabase(options.url, name, options.log);
@@ -109,7 +114,7 @@ export class Engine {
       clock: options.clock,
     });
     planner.onAlerts = () => alerts.kick();
-    return new Engine(contexts, { scheduler, planner, alerts });
+    return new Engine(contexts, { scheduler, metrics, planner, alerts });
   }
 
   /** Names of the managed databases, the default first. */

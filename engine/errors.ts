@@ -37,6 +37,11 @@ export const ERROR_CODES = {
     meaning: "The query cannot be refreshed differentially",
   },
   UnsupportedRefreshMode: { status: 422, title: "Unsupported refresh mode", meaning: "The mode is not available" },
+  MetricsInvalid: {
+    status: 500,
+    title: "Metrics exposition invalid",
+    meaning: "The /metrics body failed the service's own conformance check",
+  },
   InternalError: { status: 500, title: "Internal error", meaning: "Anything else; the log has the detail" },
   DatabaseUnavailable: { status: 503, title: "Database unavailable", meaning: "The database cannot be reached" },
   Timeout: { status: 503, title: "Timeout", meaning: "The request ran past the time limit" },

@@ -6,13 +6,16 @@ import type { Engine } from "../engine/engine.ts";
 import type { Logger } from "../log.ts";
 import { VERSION } from "../version.ts";
 import { docsRoutes } from "./docs.ts";
+import { grafanaRoutes, isGrafanaPath } from "./grafana.ts";
 import { healthRoutes } from "./health.ts";
+import { metricsRoutes } from "./metrics.ts";
 import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
 import { recommendationRoutes } from "./recommendations.ts";
 import { alertRoutes } from "./alerts.ts";
+import { clusterRoutes } from "./cluster.ts";
 
 interface AppDeps {
   engine: Engine;
@@ -21,6 +24,10 @@ interface AppDeps {
   readToken: string | null;
   bodyLimitBytes: number;
   requestTimeoutMs: number;
+  /** The time limit of /grafana (and /metrics) requests; default 5000. */
+  metricsRequestTimeoutMs?: number;
+  /** Validate every /metrics body before serving it (setting metricsSelfCheck; off unless set). */
+  metricsSelfCheck?: boolean;
   /** True once shutdown has begun (readiness answers 503). */
   shuttingDown?: () => boolean;
 }
@@ -30,8 +37,10 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const app = new OpenAPIHono<AppEnv>();
   app.use("*", requestId());
   app.use("*", accessLog(deps.log));
-  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }));
+  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }, { readPaths: isGrafanaPath }));
   app.use("*", requestTimeout(deps.requestTimeoutMs));
+  app.use("/grafana/*", requestTimeout(deps.metricsRequestTimeoutMs ?? 5000));
+  app.use("/metrics", requestTimeout(deps.metricsRequestTimeoutMs ?? 5000));
   app.use(
     "*",
     bodyLimit({
@@ -50,7 +59,10 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   app.route("/stream-tables", streamTableRoutes(deps.engine));
   app.route("/recommendations", recommendationRoutes(deps.engine));
   app.route("/alerts", alertRoutes(deps.engine));
+  app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
+  app.route("/cluster", clusterRoutes(deps.engine));
   app.route("/", docsRoutes());
+  app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck ?? false, log: deps.log }));
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", { type: "http", scheme: "bearer" });
   app.doc31("/openapi.json", {
     openapi: "3.1.0",

@@ -220,3 +220,13 @@ Deno.test("loadConfig: --config that is not a JSON object, not JSON, or missing 
   const e = await configError({ args: ["--config", missing] });
   assert.ok(e.problems.some((p) => p.startsWith(`--config ${missing}:`)), e.message);
 });
+
+Deno.test("loadConfig: metricsSelfCheck is off by default, true/false/1/0 in a variable, anything else refused", async () => {
+  assert.equal((await loadConfig({ env: {}, args: [] })).metricsSelfCheck, false);
+  for (const [text, want] of [["true", true], ["1", true], ["false", false], ["0", false]] as const) {
+    const c = await loadConfig({ env: { TRICKLE_METRICS_SELF_CHECK: text }, args: [] });
+    assert.equal(c.metricsSelfCheck, want, text);
+  }
+  const e = await configError({ env: { TRICKLE_METRICS_SELF_CHECK: "yes" } });
+  assert.match(e.message, /TRICKLE_METRICS_SELF_CHECK: true or false/);
+});

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import type { Sql } from "../db/pool.ts";
 import { freshDatabase } from "./support/db.ts";
-import { eventually, logLines, type ServiceProcess, spawnService } from "./support/process.ts";
+import { eventually, logLines, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
 import { dbTest, startTestService } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 
@@ -86,14 +86,7 @@ Deno.test({
       assert.equal(again.status, 201, await again.text());
       assert.equal(one(await db.sql<{ n: number }[]>`SELECT count(*)::int AS n FROM copy`).n, 400_000);
     } finally {
-      for (const p of procs) {
-        try {
-          p.kill("SIGKILL");
-        } catch {
-          // already gone
-        }
-        await p.status;
-      }
+      await stopAll(procs);
       await db.drop();
     }
   },

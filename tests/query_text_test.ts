@@ -3,21 +3,10 @@
  * system catalogs (refused with a reason that says so).
  */
 import assert from "node:assert/strict";
+import { ok, problem, type StreamTable } from "./support/api.ts";
 import { assertSameContent } from "./support/oracle.ts";
 import type { QueryPlan } from "../engine/plan.ts";
 import { dbTest, startTestService, type TestService } from "./support/service.ts";
-
-interface StreamTable {
-  effective_refresh_mode: string;
-  fallback_reason: string | null;
-  columns: { name: string; type: string }[];
-}
-
-async function body<T>(res: Response, status: number): Promise<T> {
-  const text = await res.text();
-  assert.equal(res.status, status, text);
-  return JSON.parse(text) as T;
-}
 
 let round = 0;
 
@@ -26,7 +15,7 @@ async function maintained(s: TestService, cases: { name: string; query: string }
   const base = 1000 + 100 * ++round;
   const columns = new Map<string, StreamTable["columns"]>();
   for (const c of cases) {
-    const st = await body<StreamTable>(await s.request("POST", "/stream-tables", c), 201);
+    const st = await ok<StreamTable>(await s.request("POST", "/stream-tables", c), 201);
     assert.equal(st.fallback_reason, null, c.query);
     assert.equal(st.effective_refresh_mode, "DIFFERENTIAL", c.query);
     columns.set(c.name, st.columns);
@@ -36,7 +25,7 @@ async function maintained(s: TestService, cases: { name: string; query: string }
   await s.db.sql`DELETE FROM t WHERE id % 70 = ${round}`;
   await s.db.sql`INSERT INTO t2 VALUES (${base}, 1, 1)`;
   for (const c of cases) {
-    const r = await body<{ action: string }>(await s.request("POST", `/stream-tables/${c.name}/refresh`), 200);
+    const r = await ok<{ action: string }>(await s.request("POST", `/stream-tables/${c.name}/refresh`), 200);
     assert.equal(r.action, "DIFFERENTIAL", c.query);
     const plan = { columns: columns.get(c.name)! } as QueryPlan;
     // The oracle wraps the query in parentheses: a trailing line comment needs the line to end first.
@@ -79,7 +68,7 @@ Deno.test({
           { name: "table_union", query: "TABLE t UNION ALL TABLE t2" },
           { name: "table_label", query: "SELECT id, v AS table FROM t -- not a TABLE" },
         ]);
-        const st = await body<StreamTable>(await s.request("GET", "/stream-tables/table_t"), 200);
+        const st = await ok<StreamTable>(await s.request("GET", "/stream-tables/table_t"), 200);
         assert.deepEqual(st.columns.map((c) => c.name), ["id", "g", "v"]);
       });
 
@@ -97,12 +86,10 @@ Deno.test({
           ]
         ) {
           const res = await s.request("POST", "/stream-tables", { name: "cat", query });
-          const problem = await body<{ code: string; detail: string }>(res, 422);
-          assert.equal(problem.code, "InvalidQuery", query);
-          assert.match(problem.detail, new RegExp(`system catalog "${catalog!.replace(".", "\\.")}"`), query);
+          await problem(res, 422, "InvalidQuery", new RegExp(`system catalog "${catalog!.replace(".", "\\.")}"`));
         }
         // A WITH query of a catalog's name is not the catalog.
-        const st = await body<StreamTable>(
+        const st = await ok<StreamTable>(
           await s.request("POST", "/stream-tables", {
             name: "cte_named_pg_class",
             query: "WITH pg_class AS (SELECT id, v FROM t) SELECT id, v FROM pg_class",
@@ -111,11 +98,8 @@ Deno.test({
         );
         assert.equal(st.effective_refresh_mode, "FULL");
         // A query that reads no table at all is still told so.
-        const none = await body<{ detail: string }>(
-          await s.request("POST", "/stream-tables", { name: "nothing", query: "SELECT 1 AS one" }),
-          422,
-        );
-        assert.match(none.detail, /reads no table/);
+        const none = await s.request("POST", "/stream-tables", { name: "nothing", query: "SELECT 1 AS one" });
+        await problem(none, 422, "InvalidQuery", /reads no table/);
       });
     } finally {
       await s.close();

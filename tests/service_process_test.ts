@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { connect, type Sql } from "../db/pool.ts";
 import { freshDatabase } from "./support/db.ts";
-import { eventually, launchService, logLines, type ServiceProcess, spawnService } from "./support/process.ts";
+import { eventually, launchService, logLines, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
 import { dbTest } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 
@@ -28,18 +28,6 @@ async function refreshesBy(sql: Sql, pid: number): Promise<number> {
     SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history
     WHERE initiated_by = 'SCHEDULER' AND instance = ${"trickle:" + pid}`,
   ).n;
-}
-
-/** Kills whatever is still running of `procs` and waits for each to exit. */
-async function stopAll(procs: ServiceProcess[]): Promise<void> {
-  for (const p of procs) {
-    try {
-      p.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-    await p.status;
-  }
 }
 
 async function post(proc: ServiceProcess, path: string, body: unknown): Promise<Response> {

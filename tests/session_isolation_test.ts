@@ -4,6 +4,7 @@
  * connection is left as a fresh one, after successful and failed refreshes alike, FULL and DIFFERENTIAL.
  */
 import assert from "node:assert/strict";
+import { ok, type StreamTable } from "./support/api.ts";
 import { connect, type Sql } from "../db/pool.ts";
 import { dbTest, startTestService, type TestService } from "./support/service.ts";
 
@@ -65,22 +66,10 @@ async function assertPoolClean(s: TestService): Promise<void> {
   assert.equal(locks!.n, 0, "advisory locks held in the test database");
 }
 
-async function body<T>(res: Response, status: number): Promise<T> {
-  const text = await res.text();
-  assert.equal(res.status, status, text);
-  return JSON.parse(text) as T;
-}
-
-interface StreamTable {
-  effective_refresh_mode: string;
-  fallback_reason: string | null;
-  row_count: number;
-}
-
 /** Creates `n` plain stream tables with unqualified names: all must be DIFFERENTIAL, with no fallback reason. */
 async function createPlain(s: TestService, prefix: string, table: string, n: number): Promise<void> {
   for (let i = 0; i < n; i++) {
-    const st = await body<StreamTable>(
+    const st = await ok<StreamTable>(
       await s.request("POST", "/stream-tables", { name: `${prefix}_${i}`, query: `SELECT id, v FROM ${table}` }),
       201,
     );
@@ -99,11 +88,11 @@ Deno.test({
         CREATE TABLE t2 (id int PRIMARY KEY, v int);
         INSERT INTO t2 SELECT i, i FROM generate_series(1, 100) i;`);
       const query = "SELECT set_config('search_path', 'nowhere', false) AS x FROM t2 LIMIT 1";
-      const st = await body<StreamTable>(await s.request("POST", "/stream-tables", { name: "meddler", query }), 201);
+      const st = await ok<StreamTable>(await s.request("POST", "/stream-tables", { name: "meddler", query }), 201);
       assert.equal(st.effective_refresh_mode, "FULL");
       for (let i = 0; i < 2 * POOL; i++) {
         await s.db.sql`INSERT INTO t2 VALUES (${1000 + i}, ${i})`;
-        await body(await s.request("POST", "/stream-tables/meddler/refresh"), 200);
+        await ok(await s.request("POST", "/stream-tables/meddler/refresh"), 200);
       }
       await createPlain(s, "plain", "t2", 2 * POOL);
       await assertPoolClean(s);
@@ -137,12 +126,12 @@ Deno.test({
           set_config('work_mem', '7777kB', false) AS wm, pg_try_advisory_lock(4242) AS locked,
           leave_traces(v) AS lt, set_config('role', 'pg_read_all_data', false) AS r, 100 / v AS q
         FROM t1`;
-      const st = await body<StreamTable>(await s.request("POST", "/stream-tables", { name: "meddler", query }), 201);
+      const st = await ok<StreamTable>(await s.request("POST", "/stream-tables", { name: "meddler", query }), 201);
       assert.equal(st.effective_refresh_mode, "FULL");
       assert.equal(st.row_count, 100);
       for (let i = 0; i < 2 * POOL; i++) {
         await s.db.sql`INSERT INTO t1 VALUES (${1000 + i}, ${i + 1})`;
-        const r = await body<{ action: string }>(await s.request("POST", "/stream-tables/meddler/refresh"), 200);
+        const r = await ok<{ action: string }>(await s.request("POST", "/stream-tables/meddler/refresh"), 200);
         assert.equal(r.action, "FULL");
       }
       await assertPoolClean(s);
@@ -185,14 +174,14 @@ Deno.test({
           RETURN v;
         END $$;`);
       const query = "SELECT id, public.meddle(v) AS m FROM t3";
-      const st = await body<StreamTable>(
+      const st = await ok<StreamTable>(
         await s.request("POST", "/stream-tables", { name: "meddler", query, refresh_mode: "DIFFERENTIAL" }),
         201,
       );
       assert.equal(st.effective_refresh_mode, "DIFFERENTIAL");
       for (let i = 0; i < 2 * POOL; i++) {
         await s.db.sql`UPDATE t3 SET v = v + 1 WHERE id = ${i + 1}`;
-        const r = await body<{ action: string }>(await s.request("POST", "/stream-tables/meddler/refresh"), 200);
+        const r = await ok<{ action: string }>(await s.request("POST", "/stream-tables/meddler/refresh"), 200);
         assert.equal(r.action, "DIFFERENTIAL");
       }
       await assertPoolClean(s);

@@ -4,47 +4,25 @@
  * and the change (in GET /stream-tables/{name}, its history, and a 409 SourceChanged on a manual refresh).
  */
 import assert from "node:assert/strict";
-import type { z } from "@hono/zod-openapi";
+import { assertEqualsQuery } from "./support/oracle.ts";
+import { type HistoryEntry, ok, type RefreshResult, type StreamTable } from "./support/api.ts";
 import type { Sql } from "../db/pool.ts";
 import type { Problem } from "../routes/problem.ts";
-import type { HistoryEntrySchema, RefreshResultSchema, StreamTableSchema } from "../routes/schemas.ts";
 import { findStreamTable } from "../engine/catalog.ts";
 import { refreshStreamTable } from "../engine/refresh/refresh.ts";
 import { one } from "./support/rows.ts";
 import { dbTest, startTestService, type TestService } from "./support/service.ts";
 
-type StreamTable = z.infer<typeof StreamTableSchema>;
-type HistoryEntry = z.infer<typeof HistoryEntrySchema>;
-type RefreshResult = z.infer<typeof RefreshResultSchema>;
-
-async function body<T>(res: Response, status: number): Promise<T> {
-  const text = await res.text();
-  assert.equal(res.status, status, `expected ${status}, got ${res.status}: ${text}`);
-  return JSON.parse(text) as T;
-}
-
-/** The stream table's visible columns equal its defining query as a multiset (EXCEPT ALL both ways). */
-async function assertFresh(sql: Sql, table: string, query: string) {
-  const probe = await sql.unsafe(`SELECT * FROM (${query}) q LIMIT 0`);
-  const cols = probe.columns.map((c) => `"${c.name}"`).join(", ");
-  const r = one(
-    await sql.unsafe<{ missing: number; extra: number }[]>(`
-    SELECT (SELECT count(*) FROM ((${query}) EXCEPT ALL (SELECT ${cols} FROM ${table})) a)::int AS missing,
-           (SELECT count(*) FROM ((SELECT ${cols} FROM ${table}) EXCEPT ALL (${query})) b)::int AS extra`),
-  );
-  assert.deepEqual({ ...r }, { missing: 0, extra: 0 }, `${table} differs from its query`);
-}
-
 /** Creates a stream table through the API. */
 async function create(svc: TestService, name: string, query: string, mode = "AUTO"): Promise<StreamTable> {
-  return await body<StreamTable>(
+  return await ok<StreamTable>(
     await svc.request("POST", "/stream-tables", { name, query, schedule: "1h", refresh_mode: mode }),
     201,
   );
 }
 
 async function refresh(svc: TestService, name: string): Promise<RefreshResult> {
-  return await body<RefreshResult>(await svc.request("POST", `/stream-tables/${name}/refresh`), 200);
+  return await ok<RefreshResult>(await svc.request("POST", `/stream-tables/${name}/refresh`), 200);
 }
 
 /** A manual refresh answers 409 SourceChanged whose detail matches `detail`; GET and the history say the same. */
@@ -56,10 +34,10 @@ async function assertSourceChanged(svc: TestService, name: string, detail: RegEx
   const p = JSON.parse(text) as Problem;
   assert.equal(p.code, "SourceChanged", text);
   assert.match(p.detail, detail);
-  const st = await body<StreamTable>(await svc.request("GET", `/stream-tables/${name}`), 200);
+  const st = await ok<StreamTable>(await svc.request("GET", `/stream-tables/${name}`), 200);
   assert.equal(st.status, "ERROR", "one detected source change is enough for ERROR");
   assert.match(st.last_error ?? "", detail);
-  const [last] = await body<HistoryEntry[]>(await svc.request("GET", `/stream-tables/${name}/history?limit=1`), 200);
+  const [last] = await ok<HistoryEntry[]>(await svc.request("GET", `/stream-tables/${name}/history?limit=1`), 200);
   assert.equal(last?.status, "FAILED");
   assert.match(last?.error ?? "", detail);
 }
@@ -102,8 +80,8 @@ Deno.test({
         // Queries that do not read the renamed column keep equalling their query, now and after more changes; two
         // readers adapting to the rename at once both succeed.
         await Promise.all([refresh(svc, "src_v"), refresh(svc, "src_g")]);
-        await assertFresh(sql, "src_v", "SELECT id, v FROM src");
-        await assertFresh(sql, "src_g", "SELECT v, count(*) AS c FROM src GROUP BY v");
+        await assertEqualsQuery(sql, "src_v", "SELECT id, v FROM src");
+        await assertEqualsQuery(sql, "src_g", "SELECT v, count(*) AS c FROM src GROUP BY v");
         await sql`UPDATE src SET v = v + 1 WHERE id BETWEEN 100 AND 120`;
         await sql`UPDATE src SET w2 = 'y' WHERE id = 7`;
         for (
@@ -114,9 +92,9 @@ Deno.test({
         ) {
           const r = await refresh(svc, name!);
           assert.equal(r.action, "DIFFERENTIAL", `${name} is maintained differentially again`);
-          await assertFresh(sql, name!, query!);
+          await assertEqualsQuery(sql, name!, query!);
         }
-        const st = await body<StreamTable>(await svc.request("GET", "/stream-tables/src_v"), 200);
+        const st = await ok<StreamTable>(await svc.request("GET", "/stream-tables/src_v"), 200);
         assert.equal(st.status, "ACTIVE");
       });
 
@@ -125,9 +103,9 @@ Deno.test({
         await sql`UPDATE src SET w2 = 'z' WHERE id BETWEEN 1 AND 5`;
         const r = await refresh(svc, "src_w2");
         assert.equal(r.action, "DIFFERENTIAL");
-        await assertFresh(sql, "src_w2", "SELECT id, w2 FROM src");
+        await assertEqualsQuery(sql, "src_w2", "SELECT id, w2 FROM src");
         await refresh(svc, "src_v");
-        await assertFresh(sql, "src_v", "SELECT id, v FROM src");
+        await assertEqualsQuery(sql, "src_v", "SELECT id, v FROM src");
       });
 
       await t.step("adding a column keeps capture and refreshes working", async () => {
@@ -146,7 +124,7 @@ Deno.test({
         ) {
           const r = await refresh(svc, name!);
           assert.equal(r.action, "DIFFERENTIAL");
-          await assertFresh(sql, name!, query!);
+          await assertEqualsQuery(sql, name!, query!);
         }
         // FULL runs the query's text, whose `*` now returns one more column than the stream table has.
         await assertSourceChanged(svc, "src_star_full", /"public\.src" changed: column "extra" was added.*now returns/);
@@ -157,7 +135,7 @@ Deno.test({
         await assert.rejects(() => sql`ALTER TABLE src ALTER COLUMN v TYPE bigint`, /used by a view or rule/);
         await sql`UPDATE src SET v = 2 WHERE id = 30`;
         await refresh(svc, "src_v");
-        await assertFresh(sql, "src_v", "SELECT id, v FROM src");
+        await assertEqualsQuery(sql, "src_v", "SELECT id, v FROM src");
       });
 
       await t.step("DROP COLUMN ... CASCADE: writes keep working; readers of the column go to ERROR", async () => {
@@ -171,11 +149,11 @@ Deno.test({
         await assertSourceChanged(svc, "dc_ab", /"public\.dc".*column "b" was dropped/);
         // A reader of the other columns refreshes FULL (changes made while capture was incomplete are not lost).
         await refresh(svc, "dc_a");
-        await assertFresh(sql, "dc_a", "SELECT id, a FROM dc");
+        await assertEqualsQuery(sql, "dc_a", "SELECT id, a FROM dc");
         await sql`UPDATE dc SET a = 0 WHERE id = 51`;
         const r = await refresh(svc, "dc_a");
         assert.equal(r.action, "DIFFERENTIAL");
-        await assertFresh(sql, "dc_a", "SELECT id, a FROM dc");
+        await assertEqualsQuery(sql, "dc_a", "SELECT id, a FROM dc");
       });
 
       await t.step("a dropped and recreated source puts its stream tables in ERROR at once", async () => {
@@ -195,7 +173,7 @@ Deno.test({
         const ctx = svc.engine.db();
         const row = (await findStreamTable(sql, { schema: "public", name: "gone2_st" }))!;
         await assert.rejects(() => refreshStreamTable(ctx, row.pgt_id, { initiatedBy: "SCHEDULER" }), /dropped/);
-        const after = await body<StreamTable>(await svc.request("GET", "/stream-tables/gone2_st"), 200);
+        const after = await ok<StreamTable>(await svc.request("GET", "/stream-tables/gone2_st"), 200);
         assert.equal(after.status, "ERROR");
         assert.match(after.last_error ?? "", /"public\.gone2".*dropped/);
       });

@@ -5,21 +5,10 @@
  * stable only through settings (to_char, concat, timestamptz arithmetic) stay DIFFERENTIAL.
  */
 import assert from "node:assert/strict";
+import { ok, problem, type StreamTable } from "./support/api.ts";
 import { assertSameContent } from "./support/oracle.ts";
 import type { QueryPlan } from "../engine/plan.ts";
 import { dbTest, startTestService, type TestService } from "./support/service.ts";
-
-interface StreamTable {
-  effective_refresh_mode: string;
-  fallback_reason: string | null;
-  columns: { name: string; type: string }[];
-}
-
-async function body<T>(res: Response, status: number): Promise<T> {
-  const text = await res.text();
-  assert.equal(res.status, status, text);
-  return JSON.parse(text) as T;
-}
 
 /** Time-dependent queries (each deterministic within one transaction, so the oracle can compare) and the name due. */
 const TIME_DEPENDENT: { name: string; query: string; names: RegExp }[] = [
@@ -77,10 +66,8 @@ Deno.test({
             query: c.query,
             refresh_mode: "DIFFERENTIAL",
           });
-          const problem = await body<{ code: string; detail: string }>(refused, 422);
-          assert.equal(problem.code, "UnsupportedQuery", c.query);
-          assert.match(problem.detail, c.names, c.query);
-          const st = await body<StreamTable>(
+          await problem(refused, 422, "UnsupportedQuery", c.names);
+          const st = await ok<StreamTable>(
             await s.request("POST", "/stream-tables", { name: c.name, query: c.query }),
             201,
           );
@@ -93,7 +80,7 @@ Deno.test({
 
       await t.step("functions stable only through settings stay DIFFERENTIAL", async () => {
         for (const [i, query] of SETTINGS_ONLY.entries()) {
-          const st = await body<StreamTable>(
+          const st = await ok<StreamTable>(
             await s.request("POST", "/stream-tables", { name: `plain_${i}`, query }),
             201,
           );
@@ -110,12 +97,12 @@ Deno.test({
         for (let round = 0; round < 3; round++) {
           await write(s, round);
           for (const c of all) {
-            const r = await body<{ action: string }>(await s.request("POST", `/stream-tables/${c.name}/refresh`), 200);
+            const r = await ok<{ action: string }>(await s.request("POST", `/stream-tables/${c.name}/refresh`), 200);
             assert.equal(r.action, c.name.startsWith("plain_") ? "DIFFERENTIAL" : "FULL", c.query);
           }
           for (const c of all) {
             if (c.name === "stamped") continue; // the refresh's own timestamp: compared below
-            const st = await body<StreamTable>(await s.request("GET", `/stream-tables/${c.name}`), 200);
+            const st = await ok<StreamTable>(await s.request("GET", `/stream-tables/${c.name}`), 200);
             await sql.begin((tx) =>
               assertSameContent(tx as never, c.name, { columns: st.columns } as QueryPlan, c.query)
             );

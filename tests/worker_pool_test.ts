@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { connect, urlForDatabase } from "../db/pool.ts";
 import { freshDatabase, serverUrl } from "./support/db.ts";
-import { eventually, type ServiceProcess, spawnService } from "./support/process.ts";
+import { eventually, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
 import { dbTest, startTestService } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 import type { ClusterWorkers } from "../engine/scheduler/pool.ts";
@@ -76,14 +76,7 @@ Deno.test({
       assert.ok(await done() >= 6, "every slow stream table refreshed");
       assert.equal(most, 2, "the cluster ran up to max_workers refreshes at once, never more");
     } finally {
-      for (const p of procs) {
-        try {
-          p.kill("SIGKILL");
-        } catch {
-          // gone
-        }
-        await p.status;
-      }
+      await stopAll(procs);
       await admin.end();
       for (const db of dbs) await db.drop();
     }
@@ -149,7 +142,7 @@ Deno.test({
           [dbNames[1], `trickle:${Deno.pid}`],
         ].sort(),
       );
-      assert.deepEqual(w.instances, [{ instance: `trickle:${Deno.pid}`, max_workers: 2 }]);
+      assert.deepEqual(w.instances, [{ instance: `trickle:${Deno.pid}`, max_workers: 2, per_database_quota: 0 }]);
       await a.engine.scheduler.idle();
       const after = await a.engine.scheduler.clusterWorkers();
       assert.equal(after.workers_active + after.workers_queued, 0, "all done, nothing left behind");

@@ -7,7 +7,8 @@
  * maintenance database: every instance of a cluster must use the same one), and it dies with that connection, so a
  * crashed or killed instance leaves nothing behind:
  *
- *   trickle:<pid>:instance:<max_workers>                   one per instance (presence, its setting)
+ *   trickle:<pid>:instance:<max_workers>:<per_database_quota>:<databases>  one per instance: its settings and
+ *                                                                          how many databases it manages
  *   trickle:<pid>:lead:<db_oid>:<queued>:<oldest_epoch_ms>  one per database the instance leads: its queue
  *   trickle:<pid>:run:<db_oid>:<pgt_id>                     one per running worker, held for its whole refresh
  *
@@ -15,15 +16,21 @@
  * counts the `run` markers, and when a slot is free marks a connection of its own as running before the mutex is
  * released, so two instances can never both take the last slot. Waiting jobs retry every 100 ms (a slot freed by
  * another instance) and at once when a local one finishes. Quota: `per_database_quota` is a hard cap; 0 means a fair
- * share `ceil(max_workers / databases)` (databases managed anywhere in the cluster), and then capacity a quiet
- * database leaves is lent to a busy one, and returned as soon as the quiet one has queued work: a database over its
- * share is admitted only while no other database with queued work is under its share (running refreshes are not
- * interrupted; the next free slot goes back). Queue lengths published by other instances may lag by one update, so
- * lending is best effort; `max_workers` is exact. Refreshes run by API requests (create, manual refresh) are not
- * pool work and are not counted.
+ * share `ceil(max_workers / databases)`, databases being the most of: those led or worked for anywhere in the cluster,
+ * and those any one instance manages (so a database not led yet already counts). Capacity a quiet database leaves is
+ * then lent to a busy one, and returned as soon as the quiet one has queued work: a database over its share is
+ * admitted only while no other database with queued work is under its share (running refreshes are not interrupted;
+ * the next free slot goes back). Among the jobs that may run, the one whose database runs the fewest goes first, so
+ * databases under their share take turns instead of the oldest queue taking every slot. Queue lengths published by
+ * other instances may lag by one update, so lending is best effort; `max_workers` is exact. Refreshes run by API
+ * requests (create, manual refresh) are not pool work and are not counted.
+ *
+ * The cluster view read from these markers is SQL (pgtrickle.cluster_worker_summary and its siblings, in every managed
+ * database), so the REST answer and a SQL query give the same numbers; engine/cluster.ts reads it. The quota formula
+ * is written twice, here for admission and there for the view, and tests/cluster_workers_test.ts holds them equal.
  */
 import type postgres from "postgres";
-import { connect, type Sql, urlForDatabase } from "../../db/pool.ts";
+import { connect, connectSession, type Sql, urlForDatabase } from "../../db/pool.ts";
 import type { Logger } from "../../log.ts";
 
 /** Advisory lock key of the admission mutex, in the coordination database (arbitrary, fixed). */
@@ -46,6 +53,8 @@ export interface DatabaseWorkers {
   quota: number;
   quota_utilization_pct: number;
   oldest_queued_wait_ms: number | null;
+  /** The instance leading it (`trickle:<pid>`), null while none does. */
+  leader: string | null;
 }
 
 /** The cluster's workers, as any instance sees them. */
@@ -54,8 +63,12 @@ export interface ClusterWorkers {
   workers_active: number;
   workers_queued: number;
   max_workers: number;
+  /** Each database's quota (per_database_quota, or the fair share); null while no instance is present. */
+  quota: number | null;
+  /** workers_active as a percentage of max_workers. */
+  utilization_pct: number | null;
   /** Instances present (`trickle:<pid>`) with their max_workers. */
-  instances: { instance: string; max_workers: number }[];
+  instances: { instance: string; max_workers: number; per_database_quota: number }[];
   /** Which instance leads which database. */
   leaders: { db_oid: number; db_name: string; instance: string }[];
 }
@@ -64,7 +77,7 @@ interface Job {
   dbOid: number;
   pgtId: number;
   queuedAt: number;
-  admit: (slot: postgres.ReservedSql) => void;
+  admit: (slot: Sql) => void;
   reject: (e: Error) => void;
 }
 
@@ -72,6 +85,7 @@ interface Job {
 interface Markers {
   running: Map<number, number>;
   leaders: Map<number, { instance: string; queued: number; oldest: number | null }>;
+  /** instance -> the number of databases it manages. */
   instances: Map<string, number>;
 }
 
@@ -85,8 +99,11 @@ export class WorkerPool {
   readonly #local: Map<number, string>;
   #coordinationDatabase: string;
   #sql: Sql | null = null;
-  #presence: postgres.ReservedSql | null = null;
-  readonly #leads = new Map<number, { session: postgres.ReservedSql; published: string; busy: boolean }>();
+  /** Connections of this instance's own in the coordination database (db/pool.ts connectSession), each a marker. */
+  #presence: Sql | null = null;
+  readonly #leads = new Map<number, { session: Sql; published: string; busy: boolean }>();
+  /** Idle run-slot connections, reused by the next admitted job. */
+  #idleSlots: Sql[] = [];
   #queue: Job[] = [];
   readonly #active = new Map<number, number>();
   #pumping = false;
@@ -113,7 +130,7 @@ export class WorkerPool {
   /** Waits for a worker slot of the cluster, runs `fn` holding it, frees it. Rejects when the pool closes first. */
   async run<T>(dbOid: number, pgtId: number, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new Error("The worker pool is closed");
-    const slot = await new Promise<postgres.ReservedSql>((admit, reject) => {
+    const slot = await new Promise<Sql>((admit, reject) => {
       this.#queue.push({ dbOid, pgtId, queuedAt: Date.now(), admit, reject });
       this.#changed(dbOid);
     });
@@ -122,64 +139,45 @@ export class WorkerPool {
       return await fn();
     } finally {
       this.#active.set(dbOid, (this.#active.get(dbOid) ?? 1) - 1);
-      // Back to an idle name before the connection returns to the pool; a broken one leaves with its marker.
-      await slot`SELECT set_config('application_name', ${this.#base}, false)`.catch(() => {});
-      slot.release();
+      // Back to an idle name before the connection is kept for the next job; a broken one is closed, its marker
+      // gone with it.
+      try {
+        await slot`SELECT set_config('application_name', ${this.#base}, false)`;
+        if (this.#closed) await slot.end({ timeout: 1 });
+        else this.#idleSlots.push(slot);
+      } catch {
+        await slot.end({ timeout: 1 }).catch(() => {});
+      }
       this.#changed(dbOid);
     }
   }
 
   /** Publishes (or withdraws) this instance's leadership of a database and its queue. */
   async setLeading(dbOid: number, leading: boolean): Promise<void> {
+    // A standby is present too: the cluster view lists it, and the fair share counts the databases it manages.
+    if (!this.#closed) {
+      await this.#coordination();
+      await this.#present();
+    }
     const lead = this.#leads.get(dbOid);
     if (!leading) {
       if (lead === undefined) return;
       this.#leads.delete(dbOid);
-      await lead.session`SELECT set_config('application_name', ${this.#base}, false)`.catch(() => {});
-      lead.session.release();
+      await lead.session.end({ timeout: 1 }).catch(() => {});
       return;
     }
     if (lead !== undefined || this.#closed) return;
-    const session = await (await this.#coordination()).reserve();
-    if (this.#closed || this.#leads.has(dbOid)) return session.release();
+    await this.#coordination();
+    const session = connectSession(this.#coordinationUrl(), this.#base);
+    if (this.#closed || this.#leads.has(dbOid)) return void await session.end({ timeout: 1 });
     this.#leads.set(dbOid, { session, published: "", busy: false });
     await this.#publish(dbOid);
   }
 
-  /** The cluster's worker state, read from PostgreSQL (the same from every instance). */
-  async clusterWorkers(): Promise<ClusterWorkers> {
-    const sql = await this.#coordination();
-    const markers = await readMarkers(sql);
-    const oids = new Set([...this.#local.keys(), ...markers.leaders.keys(), ...markers.running.keys()]);
-    const names = new Map(
-      (await sql<{ oid: number; name: string }[]>`
-        SELECT oid::int8 AS oid, datname AS name FROM pg_database WHERE oid = ANY(${[...oids]}::oid[])`)
-        .map((r) => [r.oid, r.name]),
-    );
-    const quota = this.#quota(oids.size);
-    const now = Date.now();
-    const databases = [...oids].filter((o) => names.has(o)).map((oid) => {
-      const active = markers.running.get(oid) ?? 0;
-      const lead = markers.leaders.get(oid);
-      return {
-        db_oid: oid,
-        db_name: names.get(oid)!,
-        workers_active: active,
-        workers_queued: lead?.queued ?? 0,
-        quota,
-        quota_utilization_pct: Math.round((active / quota) * 1000) / 10,
-        oldest_queued_wait_ms: lead?.oldest == null ? null : Math.max(0, now - lead.oldest),
-      };
-    }).sort((a, b) => a.db_name.localeCompare(b.db_name));
-    return {
-      databases,
-      workers_active: databases.reduce((s, d) => s + d.workers_active, 0),
-      workers_queued: databases.reduce((s, d) => s + d.workers_queued, 0),
-      max_workers: this.#settings.maxWorkers,
-      instances: [...markers.instances].map(([instance, max]) => ({ instance, max_workers: max })),
-      leaders: [...markers.leaders].filter(([oid]) => names.has(oid))
-        .map(([oid, l]) => ({ db_oid: oid, db_name: names.get(oid)!, instance: l.instance })),
-    };
+  /** The coordination database in use (the configured one, or the managed one it fell back to). */
+  async coordinationDatabase(): Promise<string> {
+    await this.#coordination();
+    return this.#coordinationDatabase;
   }
 
   /** Rejects the jobs still waiting, withdraws this instance's markers and closes the coordination connections. */
@@ -188,17 +186,43 @@ export class WorkerPool {
     this.#wake?.();
     for (const job of this.#queue.splice(0)) job.reject(new Error("The worker pool closed"));
     for (const oid of [...this.#leads.keys()]) await this.setLeading(oid, false);
-    this.#presence?.release();
+    await this.#presence?.end({ timeout: 1 }).catch(() => {});
     this.#presence = null;
+    for (const slot of this.#idleSlots.splice(0)) await slot.end({ timeout: 1 }).catch(() => {});
     await this.#sql?.end({ timeout: 1 });
   }
 
-  /** The quota of each database when `databases` are managed in the cluster. */
-  #quota(databases: number): number {
+  /** The quota of each database (the same formula as pgtrickle.cluster_worker_totals). */
+  #quota(markers: Markers): number {
     const { maxWorkers, perDatabaseQuota } = this.#settings;
-    return perDatabaseQuota > 0
-      ? Math.min(perDatabaseQuota, maxWorkers)
-      : Math.ceil(maxWorkers / Math.max(1, databases));
+    const worked = new Set([...markers.leaders.keys(), ...markers.running.keys()]).size;
+    const databases = Math.max(1, worked, this.#local.size, ...markers.instances.values());
+    return perDatabaseQuota > 0 ? Math.min(perDatabaseQuota, maxWorkers) : Math.ceil(maxWorkers / databases);
+  }
+
+  /** Marks this instance present with its settings, once (the cluster view counts its databases from it). */
+  async #present(): Promise<void> {
+    if (this.#presence !== null || this.#closed) return;
+    const { maxWorkers, perDatabaseQuota } = this.#settings;
+    // The marker is the connection's own name, so a reconnection after a failure publishes it again.
+    const presence = connectSession(
+      this.#coordinationUrl(),
+      `${this.#base}:instance:${maxWorkers}:${perDatabaseQuota}:${this.#local.size}`,
+    );
+    this.#presence = presence;
+    try {
+      await presence`SELECT 1`;
+    } catch (e) {
+      // Not connected, so not published: the next call tries again.
+      if (this.#presence === presence) this.#presence = null;
+      await presence.end({ timeout: 1 }).catch(() => {});
+      throw e;
+    }
+  }
+
+  /** The URL of the coordination database in use (after #coordination() chose it). */
+  #coordinationUrl(): string {
+    return urlForDatabase(this.#url, this.#coordinationDatabase);
   }
 
   /** The coordination pool, opened at first use (falling back to a managed database when the default is absent). */
@@ -286,11 +310,7 @@ export class WorkerPool {
   /** One admission pass under the cluster-wide mutex: admits as many waiting jobs as the limits allow. */
   async #admit(): Promise<void> {
     const sql = await this.#coordination();
-    if (this.#presence === null && !this.#closed) {
-      this.#presence = await sql.reserve();
-      await this.#presence`SELECT set_config('application_name',
-        ${`${this.#base}:instance:${this.#settings.maxWorkers}`}, false)`;
-    }
+    await this.#present();
     const admitted: Job[] = [];
     await sql.begin(async (tx) => {
       await tx`SELECT pg_advisory_xact_lock(${ADMISSION_LOCK})`;
@@ -298,29 +318,36 @@ export class WorkerPool {
       const markers = await readMarkers(tx);
       const running = markers.running;
       const oids = new Set([...this.#local.keys(), ...markers.leaders.keys(), ...running.keys()]);
-      const quota = this.#quota(oids.size);
+      const quota = this.#quota(markers);
       const queued = (oid: number) =>
         this.#local.has(oid)
           ? this.#queue.filter((j) => j.dbOid === oid).length
           : markers.leaders.get(oid)?.queued ?? 0;
+      const mayRun = (dbOid: number) => {
+        if ((running.get(dbOid) ?? 0) < quota) return true;
+        if (this.#settings.perDatabaseQuota > 0) return false; // a configured quota is a hard cap
+        // Lent capacity goes back as soon as a database under its share has work.
+        return ![...oids].some((o) => o !== dbOid && queued(o) > 0 && (running.get(o) ?? 0) < quota);
+      };
       let total = [...running.values()].reduce((s, n) => s + n, 0);
-      for (const job of [...this.#queue]) {
-        if (total >= this.#settings.maxWorkers || this.#closed) break;
-        const mine = running.get(job.dbOid) ?? 0;
-        if (mine >= quota) {
-          if (this.#settings.perDatabaseQuota > 0) continue; // a configured quota is a hard cap
-          // Lent capacity goes back as soon as a database under its share has work.
-          const owed = [...oids].some((o) => o !== job.dbOid && queued(o) > 0 && (running.get(o) ?? 0) < quota);
-          if (owed) continue;
+      while (total < this.#settings.maxWorkers && !this.#closed) {
+        // The oldest job of the database running the fewest (queue order breaks ties).
+        let job: Job | undefined;
+        for (const j of this.#queue) {
+          if (job !== undefined && (running.get(j.dbOid) ?? 0) >= (running.get(job.dbOid) ?? 0)) continue;
+          if (mayRun(j.dbOid)) job = j;
         }
-        const slot = await sql.reserve();
+        if (job === undefined) break;
+        const mine = running.get(job.dbOid) ?? 0;
+        const slot = this.#idleSlots.pop() ?? connectSession(this.#coordinationUrl(), this.#base);
         try {
           await slot`SELECT set_config('application_name', ${`${this.#base}:run:${job.dbOid}:${job.pgtId}`}, false)`;
         } catch (e) {
-          slot.release();
+          await slot.end({ timeout: 1 }).catch(() => {});
           throw e;
         }
-        this.#queue = this.#queue.filter((j) => j !== job);
+        const admittedJob = job;
+        this.#queue = this.#queue.filter((j) => j !== admittedJob);
         running.set(job.dbOid, mine + 1);
         total++;
         admitted.push(job);
@@ -344,7 +371,7 @@ async function readMarkers(sql: Sql | postgres.TransactionSql): Promise<Markers>
     const [, pid, kind, rest] = m as unknown as [string, string, string, string];
     const parts = rest.split(":").map(Number);
     const instance = `trickle:${pid}`;
-    if (kind === "instance") out.instances.set(instance, parts[0] ?? 0);
+    if (kind === "instance") out.instances.set(instance, parts[2] ?? 0);
     else if (kind === "run") out.running.set(parts[0]!, (out.running.get(parts[0]!) ?? 0) + 1);
     else out.leaders.set(parts[0]!, { instance, queued: parts[1] ?? 0, oldest: parts[2] ? parts[2] : null });
   }

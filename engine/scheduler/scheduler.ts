@@ -9,9 +9,10 @@ import type { DatabaseContext } from "../context.ts";
 import type { Logger } from "../../log.ts";
 import { RefreshBusy, refreshStreamTable } from "../refresh/refresh.ts";
 import { removeAbandonedCreation } from "../recovery.ts";
+import { readClusterWorkers } from "../cluster.ts";
 import { Leadership } from "./leadership.ts";
 import { type ClusterWorkers, WorkerPool } from "./pool.ts";
-import { findDue, orderByDependencies, pruneHistory } from "./tick.ts";
+import { type DueStreamTable, findDue, orderByDependencies, pruneHistory } from "./tick.ts";
 
 /**
  * How long stop() waits for a tick in progress. A tick only reads the catalog; one still running after this is
@@ -130,27 +131,41 @@ export class Scheduler {
   }
 
   /** The cluster's workers per database, queues, quotas and leaders, read from PostgreSQL (any instance). */
-  clusterWorkers(): Promise<ClusterWorkers> {
-    return this.#pool.clusterWorkers();
+  async clusterWorkers(): Promise<ClusterWorkers> {
+    const coordinationDatabase = await this.#pool.coordinationDatabase();
+    return await readClusterWorkers(this.#dbs.map((d) => d.ctx), { coordinationDatabase });
+  }
+
+  /** The database whose pg_stat_activity holds the cluster's worker state. */
+  coordinationDatabase(): Promise<string> {
+    return this.#pool.coordinationDatabase();
   }
 
   /** One pass: for each database this instance leads, queue the due stream tables. Resolves once queued. */
   async tick(): Promise<void> {
+    const found: { d: DbState; tables: DueStreamTable[]; t0: number }[] = [];
     for (const d of this.#dbs) {
       if (this.#stopped) return;
       const t0 = performance.now();
       try {
         const leading = await d.leadership.lead(() => this.#stopped);
         await this.#pool.setLeading(d.ctx.oid, leading);
-        if (!leading) continue;
-        const { due, queued } = await this.#queueDue(d);
+        if (leading) found.push({ d, tables: await findDue(d.ctx.sql, this.#clock.now()), t0 });
+      } catch (e) {
+        this.#log.error("scheduling failed", { database: d.ctx.name, error: e });
+      }
+    }
+    // Every database's due jobs are queued in one synchronous pass, so the pool's next admission sees all the queues:
+    // queued one database at a time, the first would be lent every free slot before the others' jobs arrived.
+    const counts = found.map(({ d, tables }) => this.#queueDue(d, tables));
+    for (const [i, { d, t0 }] of found.entries()) {
+      try {
         d.lastHistoryPrune = await pruneHistory(d.ctx, d.lastHistoryPrune);
         d.ctx.events.emit({
           type: "tick_done",
           db_name: d.ctx.name,
           db_oid: d.ctx.oid,
-          due,
-          queued,
+          ...counts[i]!,
           duration_ms: performance.now() - t0,
         });
       } catch (e) {
@@ -166,8 +181,7 @@ export class Scheduler {
     }
   }
 
-  async #queueDue(d: DbState): Promise<{ due: number; queued: number }> {
-    const tables = await findDue(d.ctx.sql, this.#clock.now());
+  #queueDue(d: DbState, tables: DueStreamTable[]): { due: number; queued: number } {
     const upstream = new Map(tables.map((t) => [t.pgt_id, t.upstream]));
     for (const st of tables) {
       if (st.status !== "INITIALIZING" || d.inflight.has(st.pgt_id) || this.#stopped) continue;

@@ -85,3 +85,15 @@ export function logLines(proc: ServiceProcess, msg: string): Record<string, unkn
   return proc.log().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((l) => l.msg === msg);
 }
+
+/** Kills whatever is still running of `procs` and waits for each to exit. */
+export async function stopAll(procs: ServiceProcess[]): Promise<void> {
+  for (const p of procs) {
+    try {
+      p.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await p.status;
+  }
+}

@@ -68,6 +68,7 @@ export async function startTestService(options: TestServiceOptions = {}): Promis
     readToken: options.readToken ?? null,
     bodyLimitBytes: options.bodyLimitBytes ?? 1 << 20,
     requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+    metricsSelfCheck: true, // every test scrape is checked by the validator before it is served
   });
   return {
     engine,

@@ -1,0 +1,78 @@
+/**
+ * The service's sessions ended under it (an administrator's pg_terminate_backend, a failover, a pooler restart): the
+ * process keeps running, takes its leadership and worker markers back, and keeps refreshing. postgres.js 3.4.9 ends
+ * the whole process when a reserved connection whose server process died is queried twice (porsager/postgres#1208),
+ * which the leader lock, the worker markers and the run slots once used.
+ */
+import assert from "node:assert/strict";
+import type { Sql } from "../db/pool.ts";
+import { LEADER_LOCK } from "../engine/scheduler/leadership.ts";
+import { freshDatabase } from "./support/db.ts";
+import { eventually, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
+import { dbTest } from "./support/service.ts";
+import { one } from "./support/rows.ts";
+
+/** Ends every session of the service process `pid`, in every database; returns how many. */
+async function terminateAll(sql: Sql, pid: number): Promise<number> {
+  const rows = await sql<{ n: number }[]>`
+    SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+    WHERE application_name = ${`trickle:${pid}`} OR application_name LIKE ${`trickle:${pid}:%`}`;
+  return one(rows).n;
+}
+
+async function leads(sql: Sql, pid: number): Promise<boolean> {
+  const rows = await sql`
+    SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.objid = ${LEADER_LOCK} AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND a.application_name = ${`trickle:${pid}`}`;
+  return rows.length === 1;
+}
+
+Deno.test({
+  name: "every session of the service terminated, twice: it keeps serving, leads again and keeps refreshing",
+  ...dbTest,
+  fn: async () => {
+    const db = await freshDatabase();
+    const procs: ServiceProcess[] = [];
+    try {
+      await db.sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
+      // The coordination database is the test's own: its markers are the ones ended below.
+      const svc = await spawnService({
+        databaseUrl: db.url,
+        env: { TRICKLE_COORDINATION_DATABASE: db.name, TRICKLE_SCHEDULER_INTERVAL_MS: "100" },
+      });
+      procs.push(svc);
+      const created = await fetch(`${svc.url}/stream-tables`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "totals", query: "SELECT count(*) AS n, sum(v) AS s FROM src", schedule: "1s" }),
+      });
+      assert.equal(created.status, 201, await created.text());
+      assert.ok(await eventually(() => leads(db.sql, svc.pid), 5000), "it leads");
+
+      let exited = false;
+      svc.status.then(() => (exited = true));
+      for (let round = 1; round <= 2; round++) {
+        await db.sql`INSERT INTO src VALUES (${round}, ${round * 10})`;
+        assert.ok(await terminateAll(db.sql, svc.pid) > 0, `round ${round}: sessions to end`);
+        // Several ticks: each queries the ended sessions again.
+        await new Promise((r) => setTimeout(r, 700));
+        assert.equal(exited, false, `round ${round}: the process is still running\n${svc.log().slice(-3000)}`);
+        assert.ok(await eventually(() => leads(db.sql, svc.pid), 5000), `round ${round}: it leads again`);
+        assert.ok(
+          await eventually(async () => {
+            const [row] = await db.sql<{ n: number }[]>`SELECT n::int AS n FROM totals`;
+            return row?.n === round;
+          }, 5000),
+          `round ${round}: the stream table caught up with the source`,
+        );
+        const health = await fetch(`${svc.url}/health`);
+        assert.equal(health.status, 200, await health.text());
+      }
+    } finally {
+      await stopAll(procs);
+      await db.drop();
+    }
+  },
+});
