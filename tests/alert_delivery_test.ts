@@ -112,6 +112,15 @@ Deno.test({
       assert.deepEqual([d.attempts, d.state, d.last_status], [2, "pending", 429]);
       assert.equal(d.next_attempt_at.getTime() - d.last_attempt_at!.getTime(), 2000, "Retry-After: 2");
 
+      // Each attempt is counted by sink kind (never its URL) and outcome.
+      const metrics = await (await s.request("GET", "/metrics")).text();
+      const failed = metrics.split("\n").find((l) =>
+        l.startsWith("pg_trickle_webhook_deliveries_total{") && l.includes('sink="webhook"') &&
+        l.includes('outcome="failed"')
+      );
+      assert.equal(failed?.split(" ").at(-1), "2", metrics);
+      assert.ok(!metrics.includes("in-the-query") && !metrics.includes("/hooks/trickle"));
+
       // The service restarts: a new engine (with its own log) carries on from the outbox.
       const restarted = await reopen(s, { clock, planning: plan, log: capturingLogger(logs) });
       try {

@@ -114,6 +114,14 @@ Deno.test({
       );
       assert.deepEqual(listed.map((a) => `${a.kind}:${a.state}`), (await outbox()).reverse());
       assert.ok(listed.every((a) => a.deliveries.length === 0));
+
+      // Raised alerts are counted by kind (resolves are not raises) in GET /metrics.
+      const metrics = await (await s.request("GET", "/metrics")).text();
+      const count = (kind: string) =>
+        metrics.split("\n").find((l) => l.startsWith("pg_trickle_alerts_total{") && l.includes(`kind="${kind}"`))
+          ?.split(" ").at(-1);
+      assert.equal(count("predicted_sla_breach"), "1", metrics);
+      assert.equal(count("freshness_deadline_missed"), "1");
     } finally {
       await listener.unlisten();
       await s.close();

@@ -12,6 +12,7 @@ import type { Clock } from "../clock.ts";
 import type { DatabaseContext } from "../context.ts";
 import type { Logger } from "../../log.ts";
 import type { AlertSinks } from "./outbox.ts";
+import { recordDelivery } from "../metrics/registry.ts";
 
 export interface DeliverySettings {
   sinks: AlertSinks;
@@ -108,7 +109,8 @@ export class AlertDelivery {
   /** Attempts the deliveries of `ctx` that are due now; returns how many were attempted. */
   async deliverDue(ctx: DatabaseContext, limit = 20): Promise<number> {
     const now = this.#clock.now();
-    return await ctx.sql.begin(async (tx) => {
+    const outcomes: { sink: string; outcome: string }[] = [];
+    const attempted = await ctx.sql.begin(async (tx) => {
       const due = await tx<Due[]>`
         SELECT d.alert_id, d.sink, d.target, d.attempts, a.webhook_id, a.kind, a.state, a.severity, a.stream_table,
           a.payload
@@ -129,12 +131,17 @@ export class AlertDelivery {
             last_attempt_at = ${at}, last_status = ${outcome.status}, last_error = ${outcome.error},
             delivered_at = ${outcome.ok ? at : null}, next_attempt_at = ${state === "pending" ? next : at}
           WHERE alert_id = ${d.alert_id} AND sink = ${d.sink} AND target = ${d.target}`;
+        // The sink's kind, never its URL: the metric's labels are readable with the read token.
+        outcomes.push({ sink: d.sink, outcome: outcome.ok ? "delivered" : dead ? "dead" : "failed" });
         const log = { database: ctx.name, alert_id: Number(d.alert_id), sink: d.sink, attempts, state };
         if (dead) this.#log.warn("alert delivery dead", { ...log, error: outcome.error });
         else if (!outcome.ok) this.#log.info("alert delivery will retry", { ...log, error: outcome.error });
       }
       return due.length;
     });
+    // Counted once the outcomes are committed (pg_trickle_webhook_deliveries_total).
+    for (const o of outcomes) recordDelivery(ctx, o);
+    return attempted;
   }
 
   /** Exponential backoff with "full jitter" over its upper half: spread, never shorter than half the step. */

@@ -8,6 +8,7 @@ import type { DatabaseContext } from "../context.ts";
 import type { EngineEvents, RefreshFacts } from "../events.ts";
 import type { Tx } from "../../db/pool.ts";
 import { alertStates, writeAlert } from "../alerts/outbox.ts";
+import { recordAlert } from "../metrics/registry.ts";
 import { type HistoryCache, type PassResult, type PlannerSettings, planPass } from "./pass.ts";
 import { RuleSet } from "./recommend.ts";
 import type { LoadedRule } from "./rules.ts";
@@ -65,6 +66,8 @@ export class Planner {
       cache,
     });
     if (options.recommend) this.#lastFull.set(ctx.name, ctx.clock.now().getTime());
+    // Alerts raised (pg_trickle_alerts_total), counted once committed; resolves are not raises.
+    for (const a of result.alerts) if (a.split(":")[1] === "firing") recordAlert(ctx, a.split(":")[0]!);
     if (result.alerts.length > 0) {
       ctx.log.info("alerts", { alerts: result.alerts });
       this.onAlerts();
