@@ -19,9 +19,9 @@ import { type BenchOptions, exec, type Figure, median, timeMs } from "./support.
 const STREAM_TABLES = 1000;
 const HISTORY_ROWS = 1000;
 const PASS_RUNS = 5;
-const BLOCKS = 6;
+const BLOCKS = 10;
 /** Each block refreshes for this long: several ticks, and (planner interval 3 s) a full pass in each. */
-const BLOCK_MS = 4000;
+const BLOCK_MS = 3000;
 const TICK_MS = 1000;
 /** 20 times the default planner interval (60 s), so that every block with the planner holds a full pass. */
 const PLANNER_INTERVAL_SECONDS = 3;
