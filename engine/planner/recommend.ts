@@ -46,17 +46,22 @@ export interface Evaluation {
 export class RuleSet {
   readonly #engine: RulesEngine;
   readonly #byName: Map<string, LoadedRule>;
+  readonly #factNames: FactName[];
 
   constructor(rules: LoadedRule[]) {
     // Every fact is given at each run; one a rule names and the planner does not give is a bug, not a false.
     this.#engine = new RulesEngine([], { allowUndefinedFacts: false });
     for (const r of rules) this.#engine.addRule(r.rule);
     this.#byName = new Map(rules.map((r) => [r.rule.name, r]));
+    this.#factNames = [...new Set(rules.flatMap((r) => r.facts))] as FactName[];
   }
 
   /** Runs the rules over one stream table's facts. */
   async evaluate(facts: Facts): Promise<Evaluation> {
-    const { results } = await this.#engine.run({ ...facts });
+    // Only the facts some rule reads: json-rules-engine builds an object per fact given, at every run.
+    const given: Record<string, unknown> = {};
+    for (const name of this.#factNames) given[name] = facts[name];
+    const { results } = await this.#engine.run(given);
     // Highest priority first, as json-rules-engine ran them; name breaks ties so reasoning reads the same each pass.
     const fired = results
       .map((r) => ({ name: r.name as string, priority: r.priority ?? 1, event: r.event! }))
