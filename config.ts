@@ -31,6 +31,15 @@ export interface Config {
   snapshotRetentionMaxAgeSeconds: number;
   snapshotRetentionMaxRows: number;
   logLevel: LogLevel;
+  plannerRulesDir: string | null;
+  plannerIntervalSeconds: number;
+  alertWebhookUrls: string[];
+  alertWebhookSecrets: string[];
+  alertmanagerUrl: string | null;
+  alertMaxAttempts: number;
+  alertRetryBaseMs: number;
+  alertRetryMaxMs: number;
+  alertDeliveryTimeoutMs: number;
 }
 
 /** Thrown when settings are invalid; the message names each bad one. */
@@ -56,6 +65,14 @@ const booleanFlag = z.preprocess(
   z.boolean({ error: "true or false" }),
 );
 const optionalText = z.preprocess((v) => (v === "" ? null : v), z.string().min(1).nullable());
+const commaList = (item: z.ZodType<string>) =>
+  z.preprocess(
+    (v) => typeof v === "string" ? v.split(",").map((s) => s.trim()).filter((s) => s !== "") : v,
+    z.array(item),
+  );
+const httpUrl = z.string().refine(isHttpUrl, "an http:// or https:// URL");
+// Standard Webhooks secrets: "whsec_" and base64 of at least 24 bytes.
+const webhookSecret = z.string().regex(/^whsec_[A-Za-z0-9+/]{32,}={0,2}$/, "a whsec_ secret (base64 of 24+ bytes)");
 
 /** Setting name -> [environment variable, schema, default]. */
 const SETTINGS = {
@@ -97,11 +114,31 @@ const SETTINGS = {
   snapshotRetentionMaxAgeSeconds: ["TRICKLE_SNAPSHOT_RETENTION_MAX_AGE_SECONDS", int(0, 86_400 * 366), 86_400 * 7],
   snapshotRetentionMaxRows: ["TRICKLE_SNAPSHOT_RETENTION_MAX_ROWS", int(0), 10_000_000],
   logLevel: ["TRICKLE_LOG_LEVEL", z.enum(["debug", "info", "warn", "error"]), "info"],
+  // A folder of the operator's own planner rule files (docs/rules.md), beside the built-in ones.
+  plannerRulesDir: ["TRICKLE_PLANNER_RULES_DIR", optionalText, null],
+  plannerIntervalSeconds: ["TRICKLE_PLANNER_INTERVAL_SECONDS", int(1, 86_400), 60],
+  alertWebhookUrls: ["TRICKLE_ALERT_WEBHOOK_URLS", commaList(httpUrl), []],
+  // One per webhook URL, in order, or one for all of them.
+  alertWebhookSecrets: ["TRICKLE_ALERT_WEBHOOK_SECRETS", commaList(webhookSecret), []],
+  alertmanagerUrl: ["TRICKLE_ALERTMANAGER_URL", optionalText.refine((v) => v === null || isHttpUrl(v), "a URL"), null],
+  alertMaxAttempts: ["TRICKLE_ALERT_MAX_ATTEMPTS", int(1, 100), 8],
+  alertRetryBaseMs: ["TRICKLE_ALERT_RETRY_BASE_MS", int(1, 3_600_000), 1000],
+  alertRetryMaxMs: ["TRICKLE_ALERT_RETRY_MAX_MS", int(1, 86_400_000), 300_000],
+  alertDeliveryTimeoutMs: ["TRICKLE_ALERT_DELIVERY_TIMEOUT_MS", int(1, 600_000), 5000],
 } as const;
 
 /** Every setting as [file key, environment variable]: what docs/CONFIGURATION.md must list. */
 export function settingNames(): [key: string, variable: string][] {
   return Object.entries(SETTINGS).map(([key, [variable]]) => [key, variable]);
+}
+
+function isHttpUrl(v: string): boolean {
+  try {
+    const u = new URL(v);
+    return (u.protocol === "http:" || u.protocol === "https:") && u.hostname !== "";
+  } catch {
+    return false;
+  }
 }
 
 function isPostgresUrl(v: string | null): boolean {
@@ -159,6 +196,13 @@ export async function loadConfig(options: LoadOptions = {}): Promise<Config> {
   const config = out as unknown as Config;
   if (config.databases === null || (config.databases as string[] | null)?.length === 0) {
     config.databases = [defaultDatabase(config.databaseUrl)];
+  }
+  const secrets = config.alertWebhookSecrets.length;
+  if (secrets !== 1 && secrets !== config.alertWebhookUrls.length) {
+    throw new ConfigError([
+      `TRICKLE_ALERT_WEBHOOK_SECRETS: ${secrets} secret(s) for ${config.alertWebhookUrls.length} webhook URL(s); ` +
+      `give one per URL, in order, or one for all`,
+    ]);
   }
   if (config.adminToken === null && config.readToken !== null) {
     throw new ConfigError(["TRICKLE_READ_TOKEN is set without TRICKLE_ADMIN_TOKEN: writes would be unprotected"]);

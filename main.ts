@@ -5,7 +5,8 @@
 import { ConfigError, loadConfig } from "./config.ts";
 import { startEmbedded } from "./db/embedded.ts";
 import { systemClock } from "./engine/clock.ts";
-import { Engine } from "./engine/engine.ts";
+import { DEFAULT_PLANNING, Engine } from "./engine/engine.ts";
+import { loadRules } from "./engine/planner/rules.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createApp } from "./routes/app.ts";
 import { listen, type Listener, PortInUse } from "./routes/listener.ts";
@@ -72,6 +73,15 @@ async function main(): Promise<number> {
     return 1;
   }
 
+  // Rules first: a bad rule file stops the service before any database work, naming the file and the problem.
+  let rules;
+  try {
+    rules = await loadRules(config.plannerRulesDir);
+  } catch (e) {
+    logStartFailure(log, "could not load the planner rules", e);
+    return 1;
+  }
+
   let embedded = null;
   if (config.databaseUrl === null) {
     try {
@@ -94,6 +104,29 @@ async function main(): Promise<number> {
       settings: config,
       log,
       clock: systemClock,
+      planning: {
+        rules,
+        settings: {
+          minSamples: config.scheduleRecommendationMinSamples,
+          cooldownSeconds: config.scheduleAlertCooldownSeconds,
+          intervalSeconds: config.plannerIntervalSeconds,
+          sinks: {
+            // One secret per URL in order, or the one secret for all (config.ts checked the counts).
+            webhooks: config.alertWebhookUrls.map((url, i) => ({
+              url,
+              secret: config.alertWebhookSecrets[i] ?? config.alertWebhookSecrets[0]!,
+            })),
+            alertmanagerUrl: config.alertmanagerUrl,
+          },
+        },
+        delivery: {
+          ...DEFAULT_PLANNING.delivery,
+          maxAttempts: config.alertMaxAttempts,
+          retryBaseMs: config.alertRetryBaseMs,
+          retryMaxMs: config.alertRetryMaxMs,
+          timeoutMs: config.alertDeliveryTimeoutMs,
+        },
+      },
     });
   } catch (e) {
     logStartFailure(log, "could not open the databases", e);
@@ -149,6 +182,7 @@ async function main(): Promise<number> {
     return 1;
   }
   engine.scheduler.start();
+  engine.alerts.start();
 
   const done = Promise.withResolvers<number>();
   const shutdown = async (signal: string) => {

@@ -4,7 +4,8 @@
  * with their ratio and goal, then stops the server.
  *
  *   deno task bench                          all benchmarks
- *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster, snapshots
+ *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster,
+ *                                            snapshots, planner
  *   BENCH_CLUSTER_SECONDS=10 deno task bench --only cluster   a quick cluster run (default 60 s)
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
@@ -18,6 +19,7 @@ import { runMetricsBench } from "./metrics_bench.ts";
 import { runServiceBench } from "./service_bench.ts";
 import { runSnapshotsBench } from "./snapshots_bench.ts";
 import { runClusterBench } from "./cluster_bench.ts";
+import { runPlannerBench } from "./planner_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
 /** Each suite creates its own fresh databases on the server and returns its figures. */
@@ -29,6 +31,7 @@ const SUITES = {
   metrics: runMetricsBench,
   cluster: runClusterBench,
   snapshots: runSnapshotsBench,
+  planner: runPlannerBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

@@ -96,15 +96,29 @@ export function summarize(samples: readonly CostSample[]): Record<CostAction, Ac
 
 function summarizeAction(samples: readonly CostSample[], action: CostAction): ActionSummary {
   const mine = samples.filter((s) => s.action === action);
-  const ms = mine.map((s) => s.duration_ms);
-  const some = ms.length > 0;
+  if (mine.length === 0) {
+    return {
+      count: 0,
+      medianMs: null,
+      madMs: null,
+      sigmaMs: null,
+      p95Ms: null,
+      msPerDeltaRow: null,
+      hourProfile: hourProfile(mine),
+    };
+  }
+  // Sorted once for the median and p95, the deviations once for the MAD: a planner pass summarises a thousand
+  // histories of a thousand refreshes, so each sort counts. Same results as median(), mad(), percentile().
+  const asc = sorted(mine.map((s) => s.duration_ms), "median");
+  const med = interpolate(asc, 0.5);
+  const madMs = interpolate(sorted(asc.map((v) => Math.abs(v - med)), "MAD"), 0.5);
   return {
     count: mine.length,
-    medianMs: some ? median(ms) : null,
-    madMs: some ? mad(ms) : null,
-    sigmaMs: some ? robustSigma(ms) : null,
-    p95Ms: some ? percentile(ms, 0.95) : null,
-    msPerDeltaRow: some ? median(mine.map(msPerRow)) : null,
+    medianMs: med,
+    madMs,
+    sigmaMs: MAD_TO_SIGMA * madMs,
+    p95Ms: interpolate(asc, 0.95),
+    msPerDeltaRow: median(mine.map(msPerRow)),
     hourProfile: hourProfile(mine),
   };
 }
@@ -141,4 +155,73 @@ export function refreshCostPrediction(samples: readonly CostSample[]): RefreshCo
     return { msPerDeltaRow: null, fullMs: null };
   }
   return { msPerDeltaRow: median(diff.map(msPerRow)), fullMs: median(full.map((s) => s.duration_ms)) };
+}
+
+/** What the latest `window` refreshes of one action cost; the planner's view of "now" (a slowdown shows in it). */
+export interface RecentCost {
+  count: number;
+  medianMs: number | null;
+  msPerDeltaRow: number | null;
+}
+
+/** Median duration and median ms per delta row of the latest `window` refreshes of `action` (latest by start). */
+export function recentCost(
+  samples: readonly CostSample[],
+  options: { action: CostAction; window: number },
+): RecentCost {
+  const mine = samples.filter((s) => s.action === options.action)
+    .sort((a, b) => b.started_at.getTime() - a.started_at.getTime())
+    .slice(0, options.window);
+  if (mine.length === 0) return { count: 0, medianMs: null, msPerDeltaRow: null };
+  return {
+    count: mine.length,
+    medianMs: median(mine.map((s) => s.duration_ms)),
+    msPerDeltaRow: median(mine.map(msPerRow)),
+  };
+}
+
+/** The hours of an hourProfile() that cost markedly more than a typical hour, and by how much. */
+export interface PeakHours {
+  /** The median of the per-hour medians: what a typical hour costs (null with no hour sampled). */
+  baselineMs: number | null;
+  /** The costliest hour's median over the baseline (null with fewer than `minHours` hours sampled). */
+  ratio: number | null;
+  /** UTC hours whose median is at least `minRatio` times the baseline, ascending. */
+  hours: number[];
+}
+
+/** Peak hours of a profile: hours costing at least `minRatio` times the typical hour; needs `minHours` sampled. */
+export function peakHours(
+  profile: readonly (number | null)[],
+  options: { minRatio: number; minHours: number },
+): PeakHours {
+  const sampled = profile.flatMap((ms, hour) => ms === null ? [] : [{ hour, ms }]);
+  if (sampled.length === 0) return { baselineMs: null, ratio: null, hours: [] };
+  const baselineMs = median(sampled.map((h) => h.ms));
+  if (sampled.length < options.minHours || baselineMs <= 0) return { baselineMs, ratio: null, hours: [] };
+  const ratio = Math.max(...sampled.map((h) => h.ms)) / baselineMs;
+  const hours = sampled.filter((h) => h.ms >= options.minRatio * baselineMs).map((h) => h.hour);
+  return { baselineMs, ratio, hours };
+}
+
+/**
+ * A 5-field cron expression firing every minute of the given UTC hours (`* 9-16 * * *`): the window they cover.
+ * Consecutive hours become ranges; null for no hours or all 24 (no window then: every hour is alike).
+ */
+export function hoursCron(hours: readonly number[]): string | null {
+  const set = [...new Set(hours)].sort((a, b) => a - b);
+  if (set.length === 0 || set.length === 24) return null;
+  const ranges: string[] = [];
+  let start = set[0]!;
+  let prev = start;
+  for (const h of [...set.slice(1), -1]) {
+    if (h === prev + 1) {
+      prev = h;
+      continue;
+    }
+    ranges.push(start === prev ? `${start}` : `${start}-${prev}`);
+    start = h;
+    prev = h;
+  }
+  return `* ${ranges.join(",")} * * *`;
 }

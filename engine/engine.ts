@@ -9,6 +9,25 @@ import { EngineEvents } from "./events.ts";
 import { MetricsRegistry } from "./metrics/registry.ts";
 import type { Logger } from "../log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
+import { Planner, type PlannerOptions } from "./planner/planner.ts";
+import { loadRules } from "./planner/rules.ts";
+import { AlertDelivery, type DeliverySettings } from "./alerts/delivery.ts";
+
+/** The planner's rules and settings and the alert delivery's; defaults: built-in rules, no sinks. */
+export interface PlanningOptions extends PlannerOptions {
+  delivery: Omit<DeliverySettings, "sinks">;
+}
+
+/** Planning defaults (docs/CONFIGURATION.md): what a test or tool gets without saying more. */
+export const DEFAULT_PLANNING: Omit<PlanningOptions, "rules"> = {
+  settings: {
+    minSamples: 20,
+    cooldownSeconds: 300,
+    intervalSeconds: 60,
+    sinks: { webhooks: [], alertmanagerUrl: null },
+  },
+  delivery: { maxAttempts: 8, retryBaseMs: 1000, retryMaxMs: 300_000, timeoutMs: 5000, pollMs: 500 },
+};
 
 export interface EngineOptions {
   url: string;
@@ -18,6 +37,8 @@ export interface EngineOptions {
   clock: Clock;
   /** Connections per database pool. */
   poolSize?: number;
+  /** The planner and alerts; default DEFAULT_PLANNING with the built-in rules. */
+  planning?: PlanningOptions;
 }
 
 /** The managed databases and their scheduler. */
@@ -25,14 +46,23 @@ export class Engine {
   readonly scheduler: Scheduler;
   /** In-memory metrics, fed by the events from the first one on. */
   readonly metrics: MetricsRegistry;
+  /** The schedule planner: passes after ticks, recommendations, alert decisions. */
+  readonly planner: Planner;
+  /** Sends the alert outbox to webhooks and Alertmanager (started by main.ts). */
+  readonly alerts: AlertDelivery;
   readonly #contexts: Map<string, DatabaseContext>;
   readonly #defaultName: string;
 
-  private constructor(contexts: DatabaseContext[], scheduler: Scheduler, metrics: MetricsRegistry) {
-    this.metrics = metrics;
+  private constructor(
+    contexts: DatabaseContext[],
+    parts: { scheduler: Scheduler; metrics: MetricsRegistry; planner: Planner; alerts: AlertDelivery },
+  ) {
+    this.metrics = parts.metrics;
     this.#contexts = new Map(contexts.map((c) => [c.name, c]));
     this.#defaultName = contexts[0]!.name;
-    this.scheduler = scheduler;
+    this.scheduler = parts.scheduler;
+    this.planner = parts.planner;
+    this.alerts = parts.alerts;
   }
 
   /** Connects to each managed database (creating it when missing and allowed), migrates it, builds the scheduler. */
@@ -76,7 +106,15 @@ export class Engine {
       clock: options.clock,
       url: options.url,
     });
-    return new Engine(contexts, scheduler, metrics);
+    const planning = options.planning ?? { ...DEFAULT_PLANNING, rules: await loadRules(null) };
+    const planner = new Planner(contexts, planning);
+    planner.attach(events);
+    const alerts = new AlertDelivery(contexts, { ...planning.delivery, sinks: planning.settings.sinks }, {
+      log: options.log,
+      clock: options.clock,
+    });
+    planner.onAlerts = () => alerts.kick();
+    return new Engine(contexts, { scheduler, metrics, planner, alerts });
   }
 
   /** Names of the managed databases, the default first. */
@@ -117,6 +155,8 @@ export class Engine {
   /** Stops the scheduler (finishing or rolling back running refreshes) and closes every pool. */
   async close(graceMs = 10_000): Promise<void> {
     await this.scheduler.stop(graceMs);
+    await this.planner.stop();
+    await this.alerts.stop();
     // Closing a pool ends its connections; a refresh still running is rolled back by the server. A connection that
     // failed to connect (server gone) never ends by itself in postgres.js: the timeout bounds it, briefly, since
     // nothing else runs on the pools by now.

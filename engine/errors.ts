@@ -33,6 +33,11 @@ export const ERROR_CODES = {
   },
   SnapshotHashMismatch: { status: 409, title: "Snapshot hash mismatch", meaning: "The snapshot's table was changed" },
   SnapshotIncompatible: { status: 409, title: "Snapshot incompatible", meaning: "The columns differ" },
+  NoRecommendation: {
+    status: 409,
+    title: "No recommendation",
+    meaning: "The planner has no recommendation to apply yet (too few refreshes: confidence 0)",
+  },
   PayloadTooLarge: { status: 413, title: "Content too large", meaning: "The body is over the size limit" },
   UnsupportedMediaType: { status: 415, title: "Unsupported media type", meaning: "The body is not sent as JSON" },
   InvalidQuery: { status: 422, title: "Invalid query", meaning: "The defining query is not valid for the database" },
@@ -177,4 +182,12 @@ export function refreshFailed(message: string, sqlstate: string): TrickleError {
 /** 409: a source of the stream table was dropped, renamed, or changed so that its defining query no longer fits. */
 export function sourceChanged(message: string): TrickleError {
   return new TrickleError("SourceChanged", message);
+}
+
+/** 409: applying a recommendation the planner cannot stand behind (none yet, or confidence 0). */
+export function noRecommendation(name: string, why: string): TrickleError {
+  return new TrickleError(
+    "NoRecommendation",
+    `Stream table "${name}" has no recommendation to apply: ${why}`,
+  );
 }

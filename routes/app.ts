@@ -13,6 +13,8 @@ import { accessLog, auth, requestTimeout } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
+import { recommendationRoutes } from "./recommendations.ts";
+import { alertRoutes } from "./alerts.ts";
 import { clusterRoutes } from "./cluster.ts";
 import { snapshotRoutes } from "./snapshots.ts";
 
@@ -56,6 +58,8 @@ export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   );
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
+  app.route("/recommendations", recommendationRoutes(deps.engine));
+  app.route("/alerts", alertRoutes(deps.engine));
   app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
   app.route("/cluster", clusterRoutes(deps.engine));
   app.route("/", snapshotRoutes(deps.engine));

@@ -1,6 +1,6 @@
 /** A real engine and HTTP app over fresh test databases, for integration tests. */
 import type { OpenAPIHono } from "@hono/zod-openapi";
-import { Engine } from "../../engine/engine.ts";
+import { Engine, type PlanningOptions } from "../../engine/engine.ts";
 import type { Clock } from "../../engine/clock.ts";
 import { systemClock } from "../../engine/clock.ts";
 import { createLogger, silentLogger } from "../../log.ts";
@@ -41,6 +41,8 @@ export interface TestServiceOptions {
   /** Further databases to manage beside the default one (created by the engine). */
   extraDatabases?: number;
   clock?: Clock;
+  /** The planner's rules and settings and the alert sinks (default: built-in rules, no sinks). */
+  planning?: PlanningOptions;
 }
 
 /** Opens an engine over a fresh database (the scheduler is not started: tests drive it). */
@@ -59,6 +61,7 @@ export async function startTestService(options: TestServiceOptions = {}): Promis
     log,
     clock: options.clock ?? systemClock,
     poolSize: 5,
+    ...(options.planning === undefined ? {} : { planning: options.planning }),
   });
   const app = createApp({
     engine,
