@@ -6,7 +6,7 @@
 import type { Engine } from "./engine.ts";
 import { badRequest } from "./errors.ts";
 import { streamTableKeys, TARGETS } from "./grafana_targets.ts";
-import { failureAnnotations } from "./grafana_history.ts";
+import { alertAnnotations, failureAnnotations } from "./grafana_history.ts";
 
 /** An ad-hoc filter as Grafana sends it. */
 export interface AdhocFilter {
@@ -247,24 +247,22 @@ export async function tagValues(engine: Engine, key: string): Promise<{ text: st
   throw badRequest(`Unknown tag key ${JSON.stringify(key)}; expected one of ${FILTER_KEYS.join(", ")}`);
 }
 
-/** What the legacy /annotations endpoint can show. */
-export const ANNOTATION_QUERIES = ["refresh_failures"] as const;
+/** What the legacy /annotations endpoint can show: refresh failures, and the planner's alerts. */
+export const ANNOTATION_QUERIES = ["refresh_failures", "alerts"] as const;
 
-/** Answers /annotations (the older SimpleJSON form): refresh failures in the range, as annotation events. */
+/** Answers /annotations (the older SimpleJSON form): the events of the range, refresh failures when no query names. */
 export async function annotations(
   engine: Engine,
   request: { query: string; name: string; range: Range; filters: AdhocFilter[] },
 ): Promise<unknown[]> {
   const q = request.query.trim();
-  if (q !== "" && q !== "refresh_failures") {
+  if (q !== "" && !(ANNOTATION_QUERIES as readonly string[]).includes(q)) {
     throw badRequest(
       `Unknown annotation query ${JSON.stringify(q)}; expected one of ${ANNOTATION_QUERIES.join(", ")}`,
     );
   }
-  const events = await failureAnnotations(engine, {
-    range: request.range,
-    selection: new Selection({}, request.filters),
-  });
+  const query = { range: request.range, selection: new Selection({}, request.filters) };
+  const events = q === "alerts" ? await alertAnnotations(engine, query) : await failureAnnotations(engine, query);
   return events.map((e) => ({ annotation: { name: request.name }, ...e }));
 }
 

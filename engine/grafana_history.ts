@@ -127,3 +127,38 @@ export async function failureAnnotations(
   }
   return out.sort((a, b) => b.time - a.time);
 }
+
+/** Alerts fired or resolved in the range (the planner's outbox), as annotations: when, which stream table, what. */
+export async function alertAnnotations(
+  engine: Engine,
+  q: { range: Range; selection: Selection },
+): Promise<AnnotationEvent[]> {
+  const out: AnnotationEvent[] = [];
+  for (const ctx of chosen(engine, q.selection)) {
+    const rows = await ctx.sql<
+      { at: number; stream_table: string; kind: string; state: string; severity: string; payload: unknown }[]
+    >`
+      SELECT (extract(epoch FROM created_at) * 1000)::float8 AS at, stream_table, kind, state, severity, payload
+      FROM pgtrickle.pgt_alerts
+      WHERE created_at >= ${q.range.from} AND created_at <= ${q.range.to}
+      ORDER BY created_at DESC LIMIT 1000`;
+    for (const r of rows) {
+      if (!q.selection.matches({ database: ctx.name, stream_table: r.stream_table })) continue;
+      out.push({
+        time: r.at,
+        timeEnd: r.at,
+        title: `${r.kind} ${r.state} for ${r.stream_table} (${ctx.name})`,
+        text: JSON.stringify(r.payload),
+        tags: [
+          "alert",
+          r.kind,
+          r.state,
+          `severity:${r.severity}`,
+          `database:${ctx.name}`,
+          `stream_table:${r.stream_table}`,
+        ],
+      });
+    }
+  }
+  return out.sort((a, b) => b.time - a.time);
+}

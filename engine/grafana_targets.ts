@@ -6,7 +6,15 @@
 import { listStreamTables } from "./catalog.ts";
 import type { Engine } from "./engine.ts";
 import type { Frame, Range, Selection } from "./grafana.ts";
-import { type Bucket, chosen, failureAnnotations, historyBuckets, historyRows } from "./grafana_history.ts";
+import {
+  alertAnnotations,
+  type Bucket,
+  chosen,
+  failureAnnotations,
+  historyBuckets,
+  historyRows,
+} from "./grafana_history.ts";
+import { listRecommendations } from "./planner/read.ts";
 import { listSnapshots } from "./snapshots.ts";
 
 export interface TargetQuery {
@@ -119,6 +127,49 @@ export const TARGETS: Record<string, Target> = {
         [["time", "time"], ["timeEnd", "time"], ["title", "string"], ["text", "string"], ["tags", "string"]],
         events.map((e) => [e.time, e.timeEnd, e.title, e.text, e.tags.join(",")]),
       )];
+    },
+  },
+  alerts: {
+    label: "Alerts fired and resolved (table; usable as annotations)",
+    perStreamTable: true,
+    run: async (engine, q) => {
+      const events = await alertAnnotations(engine, q);
+      return [table(
+        [["time", "time"], ["timeEnd", "time"], ["title", "string"], ["text", "string"], ["tags", "string"]],
+        events.map((e) => [e.time, e.timeEnd, e.title, e.text, e.tags.join(",")]),
+      )];
+    },
+  },
+  recommendations: {
+    label: "Schedule recommendations (table, by delta_pct)",
+    perStreamTable: true,
+    run: async (engine, q) => {
+      const rows: unknown[][] = [];
+      for (const ctx of chosen(engine, q.selection)) {
+        for (const r of await listRecommendations(ctx, { sort: "delta_pct" })) {
+          if (!q.selection.matches({ database: ctx.name, stream_table: r.stream_table })) continue;
+          rows.push([
+            ctx.name,
+            r.stream_table,
+            r.current_interval_seconds,
+            r.recommended_interval_seconds,
+            r.delta_pct,
+            r.confidence,
+            r.peak_window_cron,
+            r.reasoning.map((x) => x.rule).join(", "),
+          ]);
+        }
+      }
+      return [table([
+        ["database", "string"],
+        ["stream_table", "string"],
+        ["current_interval_seconds", "number"],
+        ["recommended_interval_seconds", "number"],
+        ["delta_pct", "number"],
+        ["confidence", "number"],
+        ["peak_window_cron", "string"],
+        ["rules", "string"],
+      ], rows)];
     },
   },
   snapshots: {

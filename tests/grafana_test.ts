@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { listen, type Listener } from "../routes/listener.ts";
 import { silentLogger } from "../log.ts";
+import { writeAlert } from "../engine/alerts/outbox.ts";
 import { dbTest, startTestService, type TestService } from "./support/service.ts";
 
 const ADMIN = "admin-token-0123456789";
@@ -166,6 +167,8 @@ Deno.test({
           "stream_tables",
           "refresh_history",
           "refresh_failures",
+          "alerts",
+          "recommendations",
           "snapshots",
           "cluster_workers",
         ]);
@@ -299,7 +302,19 @@ Deno.test({
           "oldest_queued_wait_ms",
         ]);
         assert.deepEqual(workers.rows.map((r) => r[0]), cluster.databases.map((d) => d.db_name));
-        await message("/query", queryBody([{ target: "recommendations" }]), 400, /Unknown target "recommendations"/);
+        await message("/query", queryBody([{ target: "forecast" }]), 400, /Unknown target "forecast"/);
+        // Recommendations: what a planner pass stored, as pgtrickle.schedule_recommendations() gives it.
+        await svc.engine.planner.pass(svc.engine.db(), { recommend: true });
+        const [recs] = assertFrames(
+          await post("/query", queryBody([{ target: "recommendations", refId: "R", payload: { database: db1 } }])),
+        ) as Table[];
+        const expected = await svc.db.sql<{ stream_table: string; confidence: number }[]>`
+          SELECT stream_table, confidence FROM pgtrickle.schedule_recommendations()`;
+        assert.deepEqual(
+          recs!.rows.map((r) => [r[col(recs!, "stream_table")], r[col(recs!, "confidence")]]),
+          expected.map((r) => [r.stream_table, r.confidence]),
+        );
+        assert.ok(recs!.rows.length > 0);
         // Snapshots: one taken through the API is listed with its figures.
         const taken = await svc.request("POST", "/snapshots", { stream_table: "totals" }, {
           authorization: `Bearer ${ADMIN}`,
@@ -380,6 +395,35 @@ Deno.test({
         assert.ok(events[0].time <= events[0].timeEnd && events[0].time >= now - 600_000);
         assert.match(events[0].text, /division by zero/);
         assert.ok(events[0].tags.includes("stream_table:public.quotients"));
+      });
+
+      await t.step("/annotations with the alerts query: the planner's alerts in the range", async () => {
+        const ctx = svc.engine.db();
+        const [st] = await ctx.sql<{ pgt_id: number }[]>`
+          SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'totals'`;
+        await ctx.sql.begin((tx) =>
+          writeAlert(tx, {
+            pgt_id: st!.pgt_id,
+            stream_table: "public.totals",
+            kind: "freshness_deadline_missed",
+            state: "firing",
+            severity: "warning",
+            db_name: ctx.name,
+            db_oid: ctx.oid,
+            figures: { staleness_ms: 9000, sla_ms: 5000 },
+          }, { now: new Date(), sinks: { webhooks: [], alertmanagerUrl: null } })
+        );
+        const events = await post("/annotations", {
+          annotation: { name: "alerts", datasource: "trickle", enable: true, iconColor: "orange", query: "alerts" },
+          range,
+          rangeRaw: range.raw,
+          variables: {},
+        });
+        assert.equal(events.length, 1);
+        assert.match(events[0].title, /freshness_deadline_missed firing for public\.totals/);
+        assert.ok(events[0].tags.includes("alert") && events[0].tags.includes("stream_table:public.totals"));
+        assert.equal(JSON.parse(events[0].text).staleness_ms, 9000);
+        await message("/annotations", { annotation: { query: "forecasts" }, range }, 400, /Unknown annotation query/);
       });
 
       await t.step("errors are {message} with a 4xx; no token is 401, the read token is enough", async () => {
