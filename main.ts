@@ -4,6 +4,7 @@
  */
 import { ConfigError, loadConfig } from "./config.ts";
 import { startEmbedded } from "./db/embedded.ts";
+import { isDriverWriteOnClosedSocket } from "./db/pool.ts";
 import { systemClock } from "./engine/clock.ts";
 import { DEFAULT_PLANNING, Engine } from "./engine/engine.ts";
 import { loadRules } from "./engine/planner/rules.ts";
@@ -57,6 +58,14 @@ async function main(): Promise<number> {
   }
   const log = createLogger(config.logLevel, { service: "trickle" });
   log.info("starting", { version: VERSION });
+  // A session the server ended mid-transaction must not end the service with it (db/pool.ts says why).
+  globalThis.addEventListener("error", (event) => {
+    if (!isDriverWriteOnClosedSocket(event.error)) return;
+    event.preventDefault();
+    log.warn("a database connection closed under a write; its queries failed and the pool reconnects", {
+      error: event.error.message,
+    });
+  });
 
   let host = config.host;
   if (config.adminToken === null) {

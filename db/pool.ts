@@ -51,3 +51,16 @@ export async function serverVersion(sql: Sql): Promise<number> {
 export function connectSession(url: string, applicationName?: string): Sql {
   return connect(url, { max: 1, ...(applicationName === undefined ? {} : { applicationName }) });
 }
+
+/**
+ * Whether an uncaught error is postgres.js 3.4.9 writing to a connection whose socket is already gone: when the server
+ * ends a session in the middle of a transaction, the driver's buffered write (or the ROLLBACK it sends) runs from a
+ * `setImmediate` after the socket was closed, and throws outside any promise (porsager/postgres#1154, #1208; no fix
+ * released). The queries of that connection have already failed with CONNECTION_CLOSED through their promises, so the
+ * write had nothing left to do; without this check the uncaught TypeError ends the whole service. Matched narrowly:
+ * the TypeError of a null socket's `write`, raised in the driver's own connection module.
+ */
+export function isDriverWriteOnClosedSocket(error: unknown): boolean {
+  return error instanceof TypeError && /\bnull\b.*\bwrite\b|\bwrite\b.*\bnull\b/.test(error.message) &&
+    /postgres[@/].*connection\.js/.test(error.stack ?? "") && /\bnextWrite\b/.test(error.stack ?? "");
+}

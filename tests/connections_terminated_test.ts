@@ -76,3 +76,68 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "sessions ended in the middle of a refresh: the request fails, the process lives, the next refresh works",
+  ...dbTest,
+  fn: async () => {
+    const db = await freshDatabase();
+    const procs: ServiceProcess[] = [];
+    try {
+      await db.sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
+      await db.sql`INSERT INTO src VALUES (1, 1)`;
+      // A defining query that holds its refresh for a while when asked to (a settings table switches it).
+      await db.sql`CREATE TABLE slow (seconds float8 NOT NULL)`;
+      await db.sql`INSERT INTO slow VALUES (0)`;
+      await db.sql`CREATE FUNCTION nap(v int) RETURNS int LANGUAGE sql VOLATILE AS
+        'SELECT v FROM (SELECT pg_sleep((SELECT seconds FROM slow))) s'`;
+      const svc = await spawnService({
+        databaseUrl: db.url,
+        env: { TRICKLE_COORDINATION_DATABASE: db.name },
+      });
+      procs.push(svc);
+      const post = (path: string, body?: unknown) =>
+        fetch(`${svc.url}${path}`, {
+          method: "POST",
+          ...(body === undefined
+            ? {}
+            : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+        });
+      const created = await post("/stream-tables", {
+        name: "napping",
+        query: "SELECT id, nap(v) AS v FROM src",
+        schedule: "1d",
+        refresh_mode: "FULL",
+      });
+      assert.equal(created.status, 201, await created.text());
+      let exited = false;
+      svc.status.then(() => (exited = true));
+      for (let round = 1; round <= 3; round++) {
+        await db.sql`UPDATE slow SET seconds = 3`;
+        await db.sql`UPDATE src SET v = v + 1`;
+        const refreshing = post("/stream-tables/napping/refresh");
+        assert.ok(
+          await eventually(async () =>
+            (await db.sql`
+              SELECT 1 FROM pg_stat_activity WHERE application_name = ${`trickle:${svc.pid}`}
+                AND query LIKE '%nap(v)%' AND state = 'active'`).length > 0, 5000),
+          `round ${round}: the refresh is running`,
+        );
+        assert.ok(await terminateAll(db.sql, svc.pid) > 0);
+        const res = await refreshing;
+        const text = await res.text();
+        assert.ok(res.status >= 500, `round ${round}: the cut refresh is not reported done: ${res.status} ${text}`);
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(exited, false, `round ${round}: the process is still running\n${svc.log().slice(-3000)}`);
+        await db.sql`UPDATE slow SET seconds = 0`;
+        const again = await post("/stream-tables/napping/refresh");
+        assert.equal(again.status, 200, await again.text());
+        const [row] = await db.sql<{ v: number }[]>`SELECT v FROM napping`;
+        assert.equal(row!.v, 1 + round, `round ${round}: the next refresh brought the change`);
+      }
+    } finally {
+      await stopAll(procs);
+      await db.drop();
+    }
+  },
+});
