@@ -5,7 +5,7 @@
  * `INSERT ... SELECT`. Then freshness: twenty stream tables on a `1s` schedule over one source written 100 times a
  * second, the lag from a write's commit to its row being visible in each stream table.
  *
- *   deno task bench --only service      or      deno run -A bench/service_bench.ts
+ *   deno task bench --only service
  */
 import type { Sql } from "../db/pool.ts";
 import { quoteIdent } from "../db/identifiers.ts";
@@ -292,21 +292,5 @@ async function post(svc: ServiceProcess, path: string, body: unknown, status: nu
   if (action !== undefined) {
     const got = (JSON.parse(text) as { action?: string }).action;
     if (got !== action) throw new Error(`POST ${path}: expected a ${action} refresh, got ${got}: ${text}`);
-  }
-}
-
-if (import.meta.main) {
-  const { startThrowawayServer } = await import("../tests/support/embedded_server.ts");
-  const { renderTable } = await import("./support.ts");
-  const progress = (line: string) => console.error(`bench: ${line}`);
-  const { url, stop } = await startThrowawayServer({
-    url: Deno.env.get("BENCH_DATABASE_URL") || Deno.env.get("TEST_DATABASE_URL"),
-    onStart: () => progress("starting the embedded PostgreSQL"),
-  });
-  Deno.env.set("TEST_DATABASE_URL", url);
-  try {
-    console.log(renderTable(await runServiceBench({ serverUrl: url, progress })));
-  } finally {
-    await stop();
   }
 }

@@ -97,68 +97,86 @@ export interface AnnotationEvent {
   tags: string[];
 }
 
-/** Failed refreshes in the range, as annotations: when, which stream table, the error. */
-export async function failureAnnotations(
+type AnnotationQuery = { range: Range; selection: Selection };
+
+/**
+ * The annotation events of every chosen database: `read` gets a database's rows of the range, `event` makes one event
+ * of a row (null: the ad-hoc filters leave it out). Newest first.
+ */
+async function eventsOf<T>(
   engine: Engine,
-  q: { range: Range; selection: Selection },
+  q: AnnotationQuery,
+  read: (ctx: DatabaseContext) => Promise<readonly T[]>,
+  event: (ctx: DatabaseContext, row: T) => AnnotationEvent | null,
 ): Promise<AnnotationEvent[]> {
   const out: AnnotationEvent[] = [];
   for (const ctx of chosen(engine, q.selection)) {
-    const rows = await ctx.sql<
-      { started: number; finished: number; stream_table: string; status: string; action: string; error: string }[]
-    >`
+    for (const row of await read(ctx)) {
+      const e = event(ctx, row);
+      if (e !== null) out.push(e);
+    }
+  }
+  return out.sort((a, b) => b.time - a.time);
+}
+
+/** Failed refreshes in the range, as annotations: when, which stream table, the error. */
+export function failureAnnotations(engine: Engine, q: AnnotationQuery): Promise<AnnotationEvent[]> {
+  return eventsOf(
+    engine,
+    q,
+    (ctx) =>
+      ctx.sql<
+        { started: number; finished: number; stream_table: string; status: string; action: string; error: string }[]
+      >`
       SELECT (extract(epoch FROM h.started_at) * 1000)::float8 AS started,
         (extract(epoch FROM h.finished_at) * 1000)::float8 AS finished,
         s.pgt_schema || '.' || s.pgt_name AS stream_table, s.status, h.action, coalesce(h.error, '') AS error
       FROM pgtrickle.pgt_refresh_history h
       JOIN pgtrickle.pgt_stream_tables s ON s.pgt_id = h.pgt_id
       WHERE h.status = 'FAILED' AND h.finished_at >= ${q.range.from} AND h.finished_at <= ${q.range.to}
-      ORDER BY h.finished_at DESC LIMIT 1000`;
-    for (const r of rows) {
-      if (!q.selection.matches({ database: ctx.name, stream_table: r.stream_table, status: r.status })) continue;
-      out.push({
-        time: r.started,
-        timeEnd: r.finished,
-        title: `Refresh of ${r.stream_table} failed (${ctx.name})`,
-        text: r.error,
-        tags: ["refresh_failure", `database:${ctx.name}`, `stream_table:${r.stream_table}`],
-      });
-    }
-  }
-  return out.sort((a, b) => b.time - a.time);
+      ORDER BY h.finished_at DESC LIMIT 1000`,
+    (ctx, r) =>
+      q.selection.matches({ database: ctx.name, stream_table: r.stream_table, status: r.status })
+        ? {
+          time: r.started,
+          timeEnd: r.finished,
+          title: `Refresh of ${r.stream_table} failed (${ctx.name})`,
+          text: r.error,
+          tags: ["refresh_failure", `database:${ctx.name}`, `stream_table:${r.stream_table}`],
+        }
+        : null,
+  );
 }
 
 /** Alerts fired or resolved in the range (the planner's outbox), as annotations: when, which stream table, what. */
-export async function alertAnnotations(
-  engine: Engine,
-  q: { range: Range; selection: Selection },
-): Promise<AnnotationEvent[]> {
-  const out: AnnotationEvent[] = [];
-  for (const ctx of chosen(engine, q.selection)) {
-    const rows = await ctx.sql<
-      { at: number; stream_table: string; kind: string; state: string; severity: string; payload: unknown }[]
-    >`
+export function alertAnnotations(engine: Engine, q: AnnotationQuery): Promise<AnnotationEvent[]> {
+  return eventsOf(
+    engine,
+    q,
+    (ctx) =>
+      ctx.sql<
+        { at: number; stream_table: string; kind: string; state: string; severity: string; payload: unknown }[]
+      >`
       SELECT (extract(epoch FROM created_at) * 1000)::float8 AS at, stream_table, kind, state, severity, payload
       FROM pgtrickle.pgt_alerts
       WHERE created_at >= ${q.range.from} AND created_at <= ${q.range.to}
-      ORDER BY created_at DESC LIMIT 1000`;
-    for (const r of rows) {
-      if (!q.selection.matches({ database: ctx.name, stream_table: r.stream_table })) continue;
-      out.push({
-        time: r.at,
-        timeEnd: r.at,
-        title: `${r.kind} ${r.state} for ${r.stream_table} (${ctx.name})`,
-        text: JSON.stringify(r.payload),
-        tags: [
-          "alert",
-          r.kind,
-          r.state,
-          `severity:${r.severity}`,
-          `database:${ctx.name}`,
-          `stream_table:${r.stream_table}`,
-        ],
-      });
-    }
-  }
-  return out.sort((a, b) => b.time - a.time);
+      ORDER BY created_at DESC LIMIT 1000`,
+    (ctx, r) =>
+      q.selection.matches({ database: ctx.name, stream_table: r.stream_table })
+        ? {
+          time: r.at,
+          timeEnd: r.at,
+          title: `${r.kind} ${r.state} for ${r.stream_table} (${ctx.name})`,
+          text: JSON.stringify(r.payload),
+          tags: [
+            "alert",
+            r.kind,
+            r.state,
+            `severity:${r.severity}`,
+            `database:${ctx.name}`,
+            `stream_table:${r.stream_table}`,
+          ],
+        }
+        : null,
+  );
 }
