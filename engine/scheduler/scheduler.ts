@@ -20,6 +20,9 @@ import { type DueStreamTable, findDue, orderByDependencies, pruneHistory } from 
  */
 const TICK_STOP_WAIT_MS = 500;
 
+/** Tries of a scheduled refresh that finds its stream table locked, and the pause between them (see #refreshUnlessBusy). */
+const BUSY_RETRIES = 4;
+const BUSY_RETRY_MS = 50;
 export interface SchedulerSettings {
   maxWorkers: number;
   perDatabaseQuota: number;
@@ -202,6 +205,23 @@ export class Scheduler {
     return { due: due.length, queued };
   }
 
+  /**
+   * A scheduled refresh, skipped (RefreshBusy) when another refresh of the stream table runs. Its row is also locked,
+   * for a few milliseconds, by the planner deciding an alert (engine/planner/pass.ts): a few short retries tell that
+   * apart from a refresh, so such a moment does not cost the stream table its turn.
+   */
+  async #refreshUnlessBusy(d: DbState, pgtId: number): Promise<void> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        await refreshStreamTable(d.ctx, pgtId, { initiatedBy: "SCHEDULER", skipIfBusy: true });
+        return;
+      } catch (e) {
+        if (!(e instanceof RefreshBusy) || attempt >= BUSY_RETRIES || this.#stopped) throw e;
+        await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
+      }
+    }
+  }
+
   async #run(d: DbState, pgtId: number, waitFor: Promise<void>[]): Promise<void> {
     const queuedAt = performance.now();
     const facts = { db_name: d.ctx.name, db_oid: d.ctx.oid, pgt_id: pgtId };
@@ -215,7 +235,7 @@ export class Scheduler {
         d.ctx.events.emit({ type: "worker_started", ...facts, waited_ms: t0 - queuedAt });
         let ok = false;
         try {
-          if (!this.#stopped) await refreshStreamTable(d.ctx, pgtId, { initiatedBy: "SCHEDULER", skipIfBusy: true });
+          if (!this.#stopped) await this.#refreshUnlessBusy(d, pgtId);
           ok = true;
         } catch (e) {
           if (!(e instanceof RefreshBusy)) {
