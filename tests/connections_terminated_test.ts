@@ -59,7 +59,10 @@ Deno.test({
         // Several ticks: each queries the ended sessions again.
         await new Promise((r) => setTimeout(r, 700));
         assert.equal(exited, false, `round ${round}: the process is still running\n${svc.log().slice(-3000)}`);
-        assert.ok(await eventually(() => leads(db.sql, svc.pid), 5000), `round ${round}: it leads again`);
+        assert.ok(
+          await eventually(() => leads(db.sql, svc.pid), 5000),
+          `round ${round}: it leads again\n${svc.log().slice(-3000)}`,
+        );
         assert.ok(
           await eventually(async () => {
             const [row] = await db.sql<{ n: number }[]>`SELECT n::int AS n FROM totals`;
@@ -124,7 +127,9 @@ Deno.test({
           `round ${round}: the refresh is running`,
         );
         assert.ok(await terminateAll(db.sql, svc.pid) > 0);
-        const res = await refreshing;
+        const res = await refreshing.catch((e) => {
+          throw new Error(`round ${round}: no answer (${e}); the service's log:\n${svc.log().slice(-4000)}`);
+        });
         const text = await res.text();
         assert.ok(res.status >= 500, `round ${round}: the cut refresh is not reported done: ${res.status} ${text}`);
         await new Promise((r) => setTimeout(r, 300));

@@ -151,3 +151,31 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a running scheduler refreshes a stream table when it falls due, not at its next tick",
+  ...dbTest,
+  fn: async () => {
+    // Ticks every 10 s: a 1 s schedule is kept only if the scheduler wakes for what falls due between ticks.
+    const svc = await startTestService({ settings: { schedulerIntervalMs: 10_000 } });
+    const ctx = svc.engine.db();
+    try {
+      await ctx.sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
+      await createStreamTable(ctx, {
+        name: { schema: "public", name: "every_second" },
+        query: "SELECT id, v FROM src",
+        schedule: "1s",
+        refreshMode: "DIFFERENTIAL",
+        freshnessDeadlineMs: null,
+      });
+      svc.engine.scheduler.start();
+      await new Promise((r) => setTimeout(r, 4_500));
+      const [row] = await ctx.sql<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'SCHEDULER'`;
+      // Due at 1, 2, 3 and 4 s after creation; one tick alone (at start) would give 1.
+      assert.ok(row!.n >= 3, `${row!.n} scheduled refreshes in 4.5 s of a 1 s schedule`);
+    } finally {
+      await svc.close();
+    }
+  },
+});

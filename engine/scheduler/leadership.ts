@@ -30,22 +30,25 @@ export class Leadership {
 
   /** Keeps or takes the lock; returns whether this instance leads. `stopped` aborts a take that races a stop. */
   async lead(stopped: () => boolean): Promise<boolean> {
-    this.#session ??= connectSession(this.#ctx.url);
-    const session = this.#session;
     if (this.#leading) {
       try {
         // Asked of the lock, not of the connection: one that died and reconnected answers, without the lock.
-        const [row] = await session<{ held: boolean }[]>`
+        const [row] = await this.#session!<{ held: boolean }[]>`
           SELECT EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
             AND classid = 0 AND objid = ${LEADER_LOCK} AND objsubid = 1 AND granted) AS held`;
         if (row?.held === true) return true;
         this.#log.warn("lost the leader lock with its connection; standing by", { database: this.#ctx.name });
       } catch (e) {
         this.#log.warn("lost the leader connection; standing by", { database: this.#ctx.name, error: e });
+        // A client whose connection failed is not asked again: a new one is (postgres.js can leave the next query
+        // on a failed connection waiting for ever).
+        await this.resign();
       }
       this.#leading = false;
     }
     if (stopped()) return false;
+    this.#session ??= connectSession(this.#ctx.url);
+    const session = this.#session;
     try {
       const [row] = await session<{ ok: boolean }[]>`SELECT pg_try_advisory_lock(${LEADER_LOCK}) AS ok`;
       if (row?.ok === true) {
@@ -59,6 +62,7 @@ export class Leadership {
       }
     } catch (e) {
       this.#log.warn("leader election failed", { database: this.#ctx.name, error: e });
+      if (this.#session === session) await this.resign();
     }
     return false;
   }

@@ -273,6 +273,11 @@ export class WorkerPool {
       }
     } catch (e) {
       this.#log.warn("could not publish the worker queue", { db_oid: dbOid, error: e });
+      // Its connection failed: a new session publishes next time (a failed client is not asked again).
+      if (this.#leads.get(dbOid) === lead) {
+        this.#leads.delete(dbOid);
+        await lead.session.end({ timeout: 1 }).catch(() => {});
+      }
     } finally {
       lead.busy = false;
     }

@@ -12,7 +12,7 @@ import { removeAbandonedCreation } from "../recovery.ts";
 import { readClusterWorkers } from "../cluster.ts";
 import { Leadership } from "./leadership.ts";
 import { type ClusterWorkers, WorkerPool } from "./pool.ts";
-import { type DueStreamTable, findDue, orderByDependencies, pruneHistory } from "./tick.ts";
+import { type DueStreamTable, findDue, nextDueAt, orderByDependencies, pruneHistory } from "./tick.ts";
 
 /**
  * How long stop() waits for a tick in progress. A tick only reads the catalog; one still running after this is
@@ -59,6 +59,10 @@ export class Scheduler {
   readonly #clock: Clock;
   readonly #pool: WorkerPool;
   #timer: ReturnType<typeof setTimeout> | null = null;
+  /** When the pending timer fires (ms since the epoch, on the scheduler's clock). */
+  #timerAt: number | null = null;
+  /** The earliest due time heard of while a tick ran, for the timer set after it. */
+  #wakeAfterTick: number | null = null;
   #ticking: Promise<void> | null = null;
   #stopped = false;
 
@@ -92,15 +96,46 @@ export class Scheduler {
       : Math.ceil(this.#settings.maxWorkers / Math.max(1, this.#dbs.length));
   }
 
-  /** Starts ticking every `schedulerIntervalMs`. */
+  /**
+   * Starts ticking: every `schedulerIntervalMs`, and earlier when a stream table falls due sooner (the earliest
+   * `next_due_at` read after each tick, and after each scheduled refresh), so a short schedule is kept to its time
+   * rather than to the next tick.
+   */
   start(): void {
     const loop = async () => {
+      this.#timer = this.#timerAt = null;
       if (this.#stopped) return;
+      this.#wakeAfterTick = null;
       this.#ticking = this.tick().catch((e) => this.#log.error("scheduler tick failed", { error: e }));
       await this.#ticking;
-      if (!this.#stopped) this.#timer = setTimeout(loop, this.#settings.schedulerIntervalMs);
+      this.#ticking = null;
+      if (this.#stopped) return;
+      const interval = this.#clock.now().getTime() + this.#settings.schedulerIntervalMs;
+      this.#setTimer(Math.min(interval, this.#wakeAfterTick ?? interval), loop);
     };
-    this.#timer = setTimeout(loop, 0);
+    this.#loop = loop;
+    this.#setTimer(this.#clock.now().getTime(), loop);
+  }
+
+  #loop: (() => Promise<void>) | null = null;
+
+  #setTimer(at: number, loop: () => Promise<void>): void {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timerAt = at;
+    // A few ms late rather than early: a stream table is due when next_due_at <= now.
+    this.#timer = setTimeout(loop, Math.max(0, at - this.#clock.now().getTime() + 5));
+  }
+
+  /** Brings the next tick forward to `at` when that is sooner (while a tick runs, to right after it). */
+  #wakeBy(at: Date | null): void {
+    if (at === null || this.#stopped || this.#loop === null) return;
+    const ms = at.getTime();
+    if (this.#ticking !== null || this.#timer === null) {
+      this.#wakeAfterTick = Math.min(this.#wakeAfterTick ?? ms, ms);
+      return;
+    }
+    if (this.#timerAt !== null && this.#timerAt <= ms) return;
+    this.#setTimer(ms, this.#loop);
   }
 
   /** Stops queuing, waits for running refreshes (up to `graceMs`), and gives up leadership. */
@@ -153,7 +188,11 @@ export class Scheduler {
       try {
         const leading = await d.leadership.lead(() => this.#stopped);
         await this.#pool.setLeading(d.ctx.oid, leading);
-        if (leading) found.push({ d, tables: await findDue(d.ctx.sql, this.#clock.now()), t0 });
+        if (leading) {
+          const now = this.#clock.now();
+          found.push({ d, tables: await findDue(d.ctx.sql, now), t0 });
+          this.#wakeBy(await nextDueAt(d.ctx.sql, now));
+        }
       } catch (e) {
         this.#log.error("scheduling failed", { database: d.ctx.name, error: e });
       }
@@ -237,6 +276,8 @@ export class Scheduler {
         try {
           if (!this.#stopped) await this.#refreshUnlessBusy(d, pgtId);
           ok = true;
+          // Its refresh set its next due time: wake for it (or for an earlier one) rather than wait for the tick.
+          this.#wakeBy(await nextDueAt(d.ctx.sql, this.#clock.now()).catch(() => null));
         } catch (e) {
           if (!(e instanceof RefreshBusy)) {
             this.#log.debug("scheduled refresh failed", { database: d.ctx.name, pgt_id: pgtId, error: e });

@@ -24,6 +24,13 @@ export async function findDue(sql: Sql, now: Date): Promise<DueStreamTable[]> {
   return rows.map((r) => ({ pgt_id: r.pgt_id, status: r.status, upstream: r.upstream.map(Number) }));
 }
 
+/** When the next ACTIVE stream table falls due after `now`, or null when none will (the same index as findDue). */
+export async function nextDueAt(sql: Sql, now: Date): Promise<Date | null> {
+  const [row] = await sql<{ at: Date | null }[]>`
+    SELECT min(next_due_at) AS at FROM pgtrickle.pgt_stream_tables WHERE status = 'ACTIVE' AND next_due_at > ${now}`;
+  return row?.at ?? null;
+}
+
 /** Orders stream tables so that each comes after the ones it reads (among those given). */
 export function orderByDependencies<T extends { pgt_id: number }>(items: T[], upstream: Map<number, number[]>): T[] {
   const byId = new Map(items.map((i) => [i.pgt_id, i]));
