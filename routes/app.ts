@@ -1,7 +1,5 @@
 /** createApp(deps): the whole HTTP API as a Hono app, without listening (main.ts serves it, tests call it). */
 import { OpenAPIHono } from "@hono/zod-openapi";
-import { bodyLimit } from "hono/body-limit";
-import { requestId } from "hono/request-id";
 import type { Engine } from "../engine/engine.ts";
 import type { Logger } from "../log.ts";
 import { VERSION } from "../version.ts";
@@ -9,7 +7,7 @@ import { docsRoutes } from "./docs.ts";
 import { grafanaRoutes, isGrafanaPath } from "./grafana.ts";
 import { healthRoutes } from "./health.ts";
 import { metricsRoutes } from "./metrics.ts";
-import { accessLog, auth, requestTimeout } from "./middleware.ts";
+import { requestTimeout, useCommonMiddleware } from "./middleware.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 import { streamTableRoutes } from "./stream_tables.ts";
@@ -36,26 +34,16 @@ interface AppDeps {
 /** Builds the API. */
 export function createApp(deps: AppDeps): OpenAPIHono<AppEnv> {
   const app = new OpenAPIHono<AppEnv>();
-  app.use("*", requestId());
-  app.use("*", accessLog(deps.log));
-  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }, { readPaths: isGrafanaPath }));
-  app.use("*", requestTimeout(deps.requestTimeoutMs));
+  useCommonMiddleware(app, {
+    log: deps.log,
+    adminToken: deps.adminToken,
+    readToken: deps.readToken,
+    readPaths: isGrafanaPath,
+    timeoutMs: deps.requestTimeoutMs,
+    bodyLimitBytes: deps.bodyLimitBytes,
+  });
   app.use("/grafana/*", requestTimeout(deps.metricsRequestTimeoutMs ?? 5000));
   app.use("/metrics", requestTimeout(deps.metricsRequestTimeoutMs ?? 5000));
-  app.use(
-    "*",
-    bodyLimit({
-      maxSize: deps.bodyLimitBytes,
-      onError: (c) =>
-        problemResponse(
-          problem(
-            "PayloadTooLarge",
-            `The request body is larger than ${deps.bodyLimitBytes} bytes`,
-            requestIds(c),
-          ),
-        ),
-    }),
-  );
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/stream-tables", streamTableRoutes(deps.engine));
   app.route("/recommendations", recommendationRoutes(deps.engine));

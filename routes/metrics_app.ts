@@ -4,15 +4,13 @@
  * `metricsRequestTimeoutMs`. With no metrics port, the main app serves the same routes.
  */
 import { Hono } from "hono";
-import { bodyLimit } from "hono/body-limit";
-import { requestId } from "hono/request-id";
 import type { Engine } from "../engine/engine.ts";
 import type { Logger } from "../log.ts";
 import { type AppEnv, requestIds } from "./env.ts";
 import { grafanaRoutes, isGrafanaPath } from "./grafana.ts";
 import { healthRoutes } from "./health.ts";
 import { metricsRoutes } from "./metrics.ts";
-import { accessLog, auth, requestTimeout } from "./middleware.ts";
+import { useCommonMiddleware } from "./middleware.ts";
 import { errorToResponse, problem, problemResponse } from "./problem.ts";
 
 interface MetricsAppDeps {
@@ -30,20 +28,14 @@ interface MetricsAppDeps {
 /** Builds the metrics listener's app. */
 export function createMetricsApp(deps: MetricsAppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
-  app.use("*", requestId());
-  app.use("*", accessLog(deps.log));
-  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }, { readPaths: isGrafanaPath }));
-  app.use("*", requestTimeout(deps.metricsRequestTimeoutMs));
-  app.use(
-    "*",
-    bodyLimit({
-      maxSize: deps.bodyLimitBytes,
-      onError: (c) =>
-        problemResponse(
-          problem("PayloadTooLarge", `The request body is larger than ${deps.bodyLimitBytes} bytes`, requestIds(c)),
-        ),
-    }),
-  );
+  useCommonMiddleware(app, {
+    log: deps.log,
+    adminToken: deps.adminToken,
+    readToken: deps.readToken,
+    readPaths: isGrafanaPath,
+    timeoutMs: deps.metricsRequestTimeoutMs,
+    bodyLimitBytes: deps.bodyLimitBytes,
+  });
   app.route("/", healthRoutes(deps.engine, { shuttingDown: deps.shuttingDown ?? (() => false) }));
   app.route("/grafana", grafanaRoutes(deps.engine, deps.log));
   app.route("/", metricsRoutes(deps.engine, { selfCheck: deps.metricsSelfCheck, log: deps.log }));

@@ -1,5 +1,7 @@
 /** The HTTP edge: bearer tokens, request timeouts, access logs. */
-import type { MiddlewareHandler } from "hono";
+import type { Hono, MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { requestId } from "hono/request-id";
 import { HTTPException } from "hono/http-exception";
 import { timeout } from "hono/timeout";
 import { timingSafeEqual } from "hono/utils/buffer";
@@ -88,4 +90,35 @@ export function accessLog(log: Logger): MiddlewareHandler<AppEnv> {
       ms: Math.round((performance.now() - t0) * 10) / 10,
     });
   };
+}
+
+/**
+ * What every listener's app runs first, in order: a request id, the access log, the tokens (with `/grafana`'s POSTs
+ * as reads), the time limit, the body size limit.
+ */
+export function useCommonMiddleware(
+  app: Hono<AppEnv>,
+  deps: {
+    log: Logger;
+    adminToken: string | null;
+    readToken: string | null;
+    readPaths: (path: string) => boolean;
+    timeoutMs: number;
+    bodyLimitBytes: number;
+  },
+): void {
+  app.use("*", requestId());
+  app.use("*", accessLog(deps.log));
+  app.use("*", auth({ adminToken: deps.adminToken, readToken: deps.readToken }, { readPaths: deps.readPaths }));
+  app.use("*", requestTimeout(deps.timeoutMs));
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: deps.bodyLimitBytes,
+      onError: (c) =>
+        problemResponse(
+          problem("PayloadTooLarge", `The request body is larger than ${deps.bodyLimitBytes} bytes`, requestIds(c)),
+        ),
+    }),
+  );
 }
