@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import type { Sql } from "../db/pool.ts";
 import { LEADER_LOCK } from "../engine/scheduler/leadership.ts";
 import { freshDatabase } from "./support/db.ts";
-import { eventually, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
+import { eventually, postJson, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
 import { dbTest } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 
@@ -43,10 +43,10 @@ Deno.test({
         env: { TRICKLE_COORDINATION_DATABASE: db.name, TRICKLE_SCHEDULER_INTERVAL_MS: "100" },
       });
       procs.push(svc);
-      const created = await fetch(`${svc.url}/stream-tables`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ name: "totals", query: "SELECT count(*) AS n, sum(v) AS s FROM src", schedule: "1s" }),
+      const created = await postJson(svc, "/stream-tables", {
+        name: "totals",
+        query: "SELECT count(*) AS n, sum(v) AS s FROM src",
+        schedule: "1s",
       });
       assert.equal(created.status, 201, await created.text());
       assert.ok(await eventually(() => leads(db.sql, svc.pid), 5000), "it leads");
@@ -99,14 +99,7 @@ Deno.test({
         env: { TRICKLE_COORDINATION_DATABASE: db.name },
       });
       procs.push(svc);
-      const post = (path: string, body?: unknown) =>
-        fetch(`${svc.url}${path}`, {
-          method: "POST",
-          ...(body === undefined
-            ? {}
-            : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
-        });
-      const created = await post("/stream-tables", {
+      const created = await postJson(svc, "/stream-tables", {
         name: "napping",
         query: "SELECT id, nap(v) AS v FROM src",
         schedule: "1d",
@@ -118,7 +111,7 @@ Deno.test({
       for (let round = 1; round <= 3; round++) {
         await db.sql`UPDATE slow SET seconds = 3`;
         await db.sql`UPDATE src SET v = v + 1`;
-        const refreshing = post("/stream-tables/napping/refresh");
+        const refreshing = postJson(svc, "/stream-tables/napping/refresh");
         assert.ok(
           await eventually(async () =>
             (await db.sql`
@@ -135,7 +128,7 @@ Deno.test({
         await new Promise((r) => setTimeout(r, 300));
         assert.equal(exited, false, `round ${round}: the process is still running\n${svc.log().slice(-3000)}`);
         await db.sql`UPDATE slow SET seconds = 0`;
-        const again = await post("/stream-tables/napping/refresh");
+        const again = await postJson(svc, "/stream-tables/napping/refresh");
         assert.equal(again.status, 200, await again.text());
         const [row] = await db.sql<{ v: number }[]>`SELECT v FROM napping`;
         assert.equal(row!.v, 1 + round, `round ${round}: the next refresh brought the change`);

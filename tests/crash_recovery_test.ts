@@ -6,19 +6,11 @@
 import assert from "node:assert/strict";
 import type { Sql } from "../db/pool.ts";
 import { freshDatabase } from "./support/db.ts";
-import { eventually, logLines, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
+import { eventually, logLines, postJson, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
 import { dbTest, startTestService } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 
 const REMOVED = "removed a stream table whose creation was interrupted";
-
-async function post(proc: ServiceProcess, path: string, body: unknown): Promise<Response> {
-  return await fetch(proc.url + path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-}
 
 /** What a user checks: is there a table, a catalog row, and capture left on the source? */
 async function leftovers(
@@ -48,7 +40,7 @@ Deno.test({
       const first = await spawnService({ databaseUrl: db.url });
       procs.push(first);
       const body = { name: "copy", query: "SELECT id, v FROM big", schedule: "1m" };
-      const creating = post(first, "/stream-tables", body).catch((e) => e);
+      const creating = postJson(first, "/stream-tables", body).catch((e) => e);
       // Killed while its initial refresh writes the storage (a few seconds for 400,000 rows).
       assert.ok(
         await eventually(async () =>
@@ -82,7 +74,7 @@ Deno.test({
       const [line] = logLines(second, REMOVED);
       assert.equal(line?.stream_table, "copy", second.log());
 
-      const again = await post(second, "/stream-tables", body);
+      const again = await postJson(second, "/stream-tables", body);
       assert.equal(again.status, 201, await again.text());
       assert.equal(one(await db.sql<{ n: number }[]>`SELECT count(*)::int AS n FROM copy`).n, 400_000);
     } finally {

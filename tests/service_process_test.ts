@@ -6,7 +6,15 @@
 import assert from "node:assert/strict";
 import { connect, type Sql } from "../db/pool.ts";
 import { freshDatabase } from "./support/db.ts";
-import { eventually, launchService, logLines, type ServiceProcess, spawnService, stopAll } from "./support/process.ts";
+import {
+  eventually,
+  launchService,
+  logLines,
+  postJson,
+  type ServiceProcess,
+  spawnService,
+  stopAll,
+} from "./support/process.ts";
 import { dbTest } from "./support/service.ts";
 import { one } from "./support/rows.ts";
 
@@ -30,14 +38,6 @@ async function refreshesBy(sql: Sql, pid: number): Promise<number> {
   ).n;
 }
 
-async function post(proc: ServiceProcess, path: string, body: unknown): Promise<Response> {
-  return await fetch(proc.url + path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-}
-
 Deno.test({
   name: "two instances: one leads and refreshes, the other takes over when it dies",
   ...dbTest,
@@ -50,7 +50,7 @@ Deno.test({
       procs.push(await spawnService({ databaseUrl: db.url }));
       procs.push(await spawnService({ databaseUrl: db.url }));
       const [a, b] = procs as [ServiceProcess, ServiceProcess];
-      const created = await post(a, "/stream-tables", {
+      const created = await postJson(a, "/stream-tables", {
         name: "totals",
         query: "SELECT sum(v) AS s FROM src",
         schedule: "1s",
@@ -101,14 +101,19 @@ Deno.test({
       procs.push(svc);
       // Each refresh of this stream table takes about 1.5 s (pg_sleep in a one-row cross join).
       const query = "SELECT s.id, s.v FROM src s CROSS JOIN (SELECT pg_sleep(1.5) AS z) z";
-      const created = await post(svc, "/stream-tables", { name: "slow", query, schedule: "1d", refresh_mode: "FULL" });
+      const created = await postJson(svc, "/stream-tables", {
+        name: "slow",
+        query,
+        schedule: "1d",
+        refresh_mode: "FULL",
+      });
       assert.equal(created.status, 201, await created.text());
       const frontier0 =
         one(await db.sql<{ f: string }[]>`SELECT frontier::text AS f FROM pgtrickle.pgt_stream_tables`).f;
 
       // SIGTERM while a manual refresh runs: the refresh completes and commits, the process exits 0.
       await db.sql`UPDATE src SET v = v + 100 WHERE id <= 5`;
-      const refreshing = post(svc, "/stream-tables/slow/refresh", {}).catch((e) => e);
+      const refreshing = postJson(svc, "/stream-tables/slow/refresh", {}).catch((e) => e);
       await new Promise((r) => setTimeout(r, 500));
       svc.kill("SIGTERM");
       const status = await svc.status;
@@ -126,7 +131,7 @@ Deno.test({
       const svc2 = await spawnService({ databaseUrl: db.url });
       procs.push(svc2);
       await db.sql`UPDATE src SET v = v + 1000 WHERE id > 5`;
-      const doomed = post(svc2, "/stream-tables/slow/refresh", {}).catch((e) => e);
+      const doomed = postJson(svc2, "/stream-tables/slow/refresh", {}).catch((e) => e);
       await new Promise((r) => setTimeout(r, 500));
       svc2.kill("SIGKILL");
       await svc2.status;
@@ -149,7 +154,7 @@ Deno.test({
       // A new instance catches up exactly.
       const svc3 = await spawnService({ databaseUrl: db.url });
       procs.push(svc3);
-      const r = await post(svc3, "/stream-tables/slow/refresh", {});
+      const r = await postJson(svc3, "/stream-tables/slow/refresh", {});
       assert.equal(r.status, 200, await r.text());
       const n = one(await db.sql<{ n: number }[]>`SELECT count(*)::int AS n FROM slow WHERE v > 1000`).n;
       assert.equal(n, 5);
@@ -178,7 +183,10 @@ Deno.test({
       const standby = await spawnService({ databaseUrl: url });
       procs.push(standby);
       await sql`CREATE TABLE src (id int PRIMARY KEY, v int)`;
-      const created = await post(standby, "/stream-tables", { name: "totals", query: "SELECT sum(v) AS s FROM src" });
+      const created = await postJson(standby, "/stream-tables", {
+        name: "totals",
+        query: "SELECT sum(v) AS s FROM src",
+      });
       assert.equal(created.status, 201, standby.log());
       await new Promise((r) => setTimeout(r, 600)); // a few scheduler ticks: each tries for the leader lock
       assert.equal(await leaderPid(sql), first.pid, "the second one stands by");

@@ -8,21 +8,13 @@ import type { Sql } from "../db/pool.ts";
 import type { QueryPlan } from "../engine/plan.ts";
 import { freshDatabase } from "./support/db.ts";
 import { assertSameContent } from "./support/oracle.ts";
-import { eventually, type ServiceProcess, spawnService } from "./support/process.ts";
+import { eventually, postJson, type ServiceProcess, spawnService } from "./support/process.ts";
 import { one } from "./support/rows.ts";
 import { dbTest } from "./support/service.ts";
 
 const QUERY = "SELECT id, v FROM big";
 /** No scheduled refresh interferes: a restore makes the stream table due at once, and this test refreshes itself. */
 const QUIET = { TRICKLE_SCHEDULER_INTERVAL_MS: "3600000" };
-
-async function post(proc: ServiceProcess, path: string, body: unknown): Promise<Response> {
-  return await fetch(proc.url + path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-}
 
 /** What a user checks after the interruption: the rows (by their hash), the frontier, the catalog's view. */
 async function state(sql: Sql) {
@@ -64,18 +56,18 @@ Deno.test({
       await db.sql`INSERT INTO big SELECT i, i FROM generate_series(1, 600000) i`;
       const first = await spawnService({ databaseUrl: db.url, env: QUIET });
       procs.push(first);
-      const made = await post(first, "/stream-tables", { name: "copy", query: QUERY, schedule: "1h" });
+      const made = await postJson(first, "/stream-tables", { name: "copy", query: QUERY, schedule: "1h" });
       assert.equal(made.status, 201, await made.text());
-      const snap = await post(first, "/snapshots", { stream_table: "copy" });
+      const snap = await postJson(first, "/snapshots", { stream_table: "copy" });
       assert.equal(snap.status, 201);
       const { snapshot } = await snap.json() as { snapshot: string };
       await db.sql`UPDATE big SET v = v + 1 WHERE id <= 1000`;
-      const refreshed = await post(first, "/stream-tables/copy/refresh", {});
+      const refreshed = await postJson(first, "/stream-tables/copy/refresh", {});
       assert.equal(refreshed.status, 200, await refreshed.text());
       const before = await state(db.sql);
 
       // 1. The service process is killed while its restore writes the rows.
-      const answer = post(first, "/restore", { stream_table: "copy", source: snapshot }).catch((e) => e);
+      const answer = postJson(first, "/restore", { stream_table: "copy", source: snapshot }).catch((e) => e);
       assert.ok(await eventually(async () => await restoring(db.sql, first) !== null, 20_000), "the restore runs");
       first.kill("SIGKILL");
       await first.status;
@@ -90,7 +82,7 @@ Deno.test({
       // 2. The connection of a restore is cut by the server.
       const second = await spawnService({ databaseUrl: db.url, env: QUIET });
       procs.push(second);
-      const cut = post(second, "/restore", { stream_table: "copy", source: snapshot });
+      const cut = postJson(second, "/restore", { stream_table: "copy", source: snapshot });
       let backend: number | null = null;
       assert.ok(
         await eventually(async () => (backend = await restoring(db.sql, second)) !== null, 20_000),
@@ -109,12 +101,12 @@ Deno.test({
       procs.push(third);
 
       // 3. Run to its end, the restore continues from the snapshot's frontier.
-      const done = await post(third, "/restore", { stream_table: "copy", source: snapshot });
+      const done = await postJson(third, "/restore", { stream_table: "copy", source: snapshot });
       assert.equal(done.status, 200, await done.clone().text());
       const r = await done.json() as { next_refresh: { mode: string }; pending_changes: number };
       assert.equal(r.next_refresh.mode, "DIFFERENTIAL");
       assert.equal(r.pending_changes, 2000, "the 1,000 updated rows, each a D and an I");
-      const again = await post(third, "/stream-tables/copy/refresh", {});
+      const again = await postJson(third, "/stream-tables/copy/refresh", {});
       const refresh = await again.json() as { action: string; delta_rows: number };
       assert.deepEqual([refresh.action, refresh.delta_rows], ["DIFFERENTIAL", 2000]);
       const plan = one(

@@ -152,18 +152,7 @@ export interface AlertView {
 
 /** The latest alerts, newest first, with each delivery's state. */
 export async function listAlerts(sql: Sql, options: { limit: number }): Promise<AlertView[]> {
-  const alerts = await sql<
-    {
-      alert_id: number;
-      webhook_id: string;
-      stream_table: string;
-      kind: string;
-      state: "firing" | "resolved";
-      severity: string;
-      payload: Record<string, unknown>;
-      created_at: Date;
-    }[]
-  >`
+  const alerts = await sql<(Omit<AlertView, "created_at" | "deliveries"> & { created_at: Date })[]>`
     SELECT alert_id, webhook_id, stream_table, kind, state, severity, payload, created_at FROM pgtrickle.pgt_alerts
     ORDER BY alert_id DESC LIMIT ${options.limit}`;
   const ids = alerts.map((a) => Number(a.alert_id));

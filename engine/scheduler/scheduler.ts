@@ -267,7 +267,7 @@ export class Scheduler {
     let started = false;
     try {
       await Promise.allSettled(waitFor);
-      await this.#pool.run(d.ctx.oid, pgtId, async () => {
+      const refreshed = await this.#pool.run(d.ctx.oid, pgtId, async () => {
         d.queued--;
         started = true;
         const t0 = performance.now();
@@ -276,8 +276,6 @@ export class Scheduler {
         try {
           if (!this.#stopped) await this.#refreshUnlessBusy(d, pgtId);
           ok = true;
-          // Its refresh set its next due time: wake for it (or for an earlier one) rather than wait for the tick.
-          this.#wakeBy(await nextDueAt(d.ctx.sql, this.#clock.now()).catch(() => null));
         } catch (e) {
           if (!(e instanceof RefreshBusy)) {
             this.#log.debug("scheduled refresh failed", { database: d.ctx.name, pgt_id: pgtId, error: e });
@@ -285,7 +283,11 @@ export class Scheduler {
         } finally {
           d.ctx.events.emit({ type: "worker_finished", ...facts, duration_ms: performance.now() - t0, ok });
         }
+        return ok;
       });
+      // Its refresh set its next due time: wake for it (or an earlier one) rather than wait for the tick. Read after
+      // the worker slot is free, so the slot is held only for the refresh.
+      if (refreshed) this.#wakeBy(await nextDueAt(d.ctx.sql, this.#clock.now()).catch(() => null));
     } catch (e) {
       // The pool closed (stopping) or could not admit: the stream table stays due for the next leader.
       this.#log.debug("a refresh job did not run", { database: d.ctx.name, pgt_id: pgtId, error: e });

@@ -97,3 +97,11 @@ export async function stopAll(procs: ServiceProcess[]): Promise<void> {
     await p.status;
   }
 }
+
+/** POSTs `body` as JSON (or nothing, when it is undefined) to the service process. */
+export async function postJson(proc: ServiceProcess, path: string, body?: unknown): Promise<Response> {
+  return await fetch(proc.url + path, {
+    method: "POST",
+    ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+  });
+}
