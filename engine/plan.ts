@@ -45,6 +45,8 @@ export interface QueryPlan {
   hiddenColumns: Column[];
   /** Index definitions (column lists) to create on the storage table, e.g. `["__pgt_row_id"]` as unique. */
   uniqueKey: string[] | null;
+  /** Further (non-unique) indexes on the storage table, as column lists, e.g. `[["__pgt_part"]]`; absent: none. */
+  indexes?: string[][];
   /** A SELECT yielding the full content: visible columns then hidden ones, in the order above. */
   fullSelect: string;
   /** Engine data for the differential refresh; null for FULL-only plans. */

@@ -169,7 +169,8 @@ async function planAgain(
   const plan = st.plan.differential === null
     ? fullOnlyPlan(st.defining_query, description, st.plan.unsupportedReason ?? "refresh mode FULL was requested")
     : await planQuery(tx, { query: st.defining_query, description });
-  const storage = (p: QueryPlan) => JSON.stringify([p.hiddenColumns, p.uniqueKey, p.differential === null]);
+  const storage = (p: QueryPlan) =>
+    JSON.stringify([p.hiddenColumns, p.uniqueKey, p.indexes ?? [], p.differential === null]);
   if (storage(plan) !== storage(st.plan)) {
     throw sourceChanged(
       `The ${what}; the defining query can no longer be maintained as before` +

@@ -158,11 +158,19 @@ export async function createStorage(tx: Tx, name: QualifiedName, plan: QueryPlan
   // Column names and types come from PostgreSQL's description of the query, each name quoted.
   await tx.unsafe(`CREATE TABLE ${quoteQualified(name)} (${cols.join(", ")})${keyed ? " WITH (fillfactor = 90)" : ""}`);
   if (keyed) await createKeyIndex(tx, name, key);
+  await createPlanIndexes(tx, name, plan);
 }
 
 /** The unique index on the engine's row key; unnamed, so PostgreSQL picks a name that cannot clash. */
 async function createKeyIndex(tx: Tx, name: QualifiedName, key: string[]): Promise<void> {
   await tx.unsafe(`CREATE UNIQUE INDEX ON ${quoteQualified(name)} (${key.map(quoteIdent).join(", ")})`);
+}
+
+/** The plan's further indexes (for example on a partition column the refresh deletes by); unnamed, as above. */
+async function createPlanIndexes(tx: Tx, name: QualifiedName, plan: QueryPlan): Promise<void> {
+  for (const columns of plan.indexes ?? []) {
+    await tx.unsafe(`CREATE INDEX ON ${quoteQualified(name)} (${columns.map(quoteIdent).join(", ")})`);
+  }
 }
 
 export interface AlterInput {
@@ -237,6 +245,7 @@ async function upgradePlan(tx: Tx, st: StreamTableRow): Promise<QueryPlan> {
     await tx.unsafe(`ALTER TABLE ${quoteQualified(target)} ADD COLUMN ${quoteIdent(c.name)} ${c.type}`);
   }
   if (plan.uniqueKey !== null && plan.uniqueKey.length > 0) await createKeyIndex(tx, target, plan.uniqueKey);
+  await createPlanIndexes(tx, target, plan);
   await tx`UPDATE pgtrickle.pgt_stream_tables SET plan = ${tx.json(plan as never)}, frontier = NULL
     WHERE pgt_id = ${st.pgt_id}`;
   return plan;

@@ -76,6 +76,11 @@ export interface DiffPlan {
 
 /** The engine's row identity column on every differentially maintained stream table. */
 export const ROW_ID = "__pgt_row_id";
+/**
+ * A hidden column holding the hash of a row's partition (the unit a partition recompute deletes and rewrites) where it
+ * is not the row id itself; the plan lists it in `indexes`.
+ */
+export const PART = "__pgt_part";
 /** The hidden per-group row count of an algebraic stream table. */
 export const COUNT = "__pgt_count";
 
