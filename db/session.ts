@@ -11,7 +11,11 @@
  * - `RESET ALL`, `RESET SESSION AUTHORIZATION`, `RESET ROLE`: transactional, so they commit with the refresh and,
  *   coming before the engine's own statements, those run with the session's defaults (search_path included);
  *   the settings a client gives at connection start are the defaults RESET returns to;
- * - `UNLISTEN *` (transactional like LISTEN), `DISCARD TEMP`, `DISCARD SEQUENCES` (both allowed in a transaction);
+ * - `UNLISTEN *` (transactional like LISTEN), `DISCARD SEQUENCES` (allowed in a transaction);
+ * - `DISCARD TEMP` when the session has temporary objects other than the engine's own delta tables (`pgt_delta_*`,
+ *   kept per session so that a refresh runs no DDL: engine/refresh/differential/temp_tables.ts): a table, view,
+ *   sequence, type or function the query created in `pg_temp`. The check is one catalog lookup, in the same round
+ *   trip; when it finds something, the engine's delta tables go too and are created again when next needed;
  * - `pg_advisory_unlock_all()`: session-level locks only (the pool's connections hold none of the engine's; the
  *   scheduler's leader lock lives on a connection of its own that never runs user SQL);
  * - statements the query PREPAREd (`from_sql`) are deallocated by name; postgres.js's protocol-level ones stay.
@@ -22,7 +26,16 @@
 import type { Tx } from "./pool.ts";
 
 // Every name is schema-qualified: the query may have left search_path pointing anywhere when this runs.
-const RESTORE = `RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;
+const RESTORE = `RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; UNLISTEN *; DISCARD SEQUENCES;
+  DO $restore$ BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()
+        AND relkind NOT IN ('i', 't') AND relname NOT LIKE 'pgt\\_delta\\_%')
+      OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema())
+      OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema()
+        AND typtype <> 'c' AND typcategory <> 'A') THEN
+      DISCARD TEMP;
+    END IF;
+  END $restore$;
   SELECT pg_catalog.pg_advisory_unlock_all(),
     ARRAY(SELECT name FROM pg_catalog.pg_prepared_statements WHERE from_sql) AS prepared`;
 

@@ -10,6 +10,7 @@ import { MetricsRegistry } from "./metrics/registry.ts";
 import type { Logger } from "../log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
 import { Planner, type PlannerOptions } from "./planner/planner.ts";
+import { prunesSettled } from "./refresh/refresh.ts";
 import { loadRules } from "./planner/rules.ts";
 import { AlertDelivery, type DeliverySettings } from "./alerts/delivery.ts";
 
@@ -157,6 +158,7 @@ export class Engine {
     await this.scheduler.stop(graceMs);
     await this.planner.stop();
     await this.alerts.stop();
+    await Promise.all(this.all().map(prunesSettled));
     // Closing a pool ends its connections; a refresh still running is rolled back by the server. A connection that
     // failed to connect (server gone) never ends by itself in postgres.js: the timeout bounds it, briefly, since
     // nothing else runs on the pools by now.
