@@ -117,6 +117,11 @@ Deno.test({
       const current = await spawnService({ databaseUrl: url, env });
       procs.push(current);
       assert.deepEqual(await json(await fetch(`${current.url}/health`)), { status: "ok", version: VERSION });
+      const doc = await json<{ info: { version: string } }>(await fetch(`${current.url}/openapi.json`));
+      assert.equal(doc.info.version, VERSION, "the OpenAPI document's version");
+      const metrics = await (await fetch(`${current.url}/metrics`)).text();
+      const info = new RegExp(`^pg_trickle_info\\{[^}]*version="${VERSION.replaceAll(".", "\\.")}"`, "m");
+      assert.match(metrics, info, "the info metric's version");
       const all = await loadMigrations();
       const migrated = logLines(current, "migrated");
       assert.deepEqual(migrated.map((l) => l.versions), [all.slice(PREVIOUS.lastMigration).map((m) => m.version)]);
