@@ -16,7 +16,7 @@ export interface Release {
 /** Every release, oldest first; the last one is VERSION and ends at the newest migration file. */
 export const RELEASES: readonly Release[] = [
   { version: "0.1.0", lastMigration: 3 },
-  { version: "0.2.0", lastMigration: 6 },
+  { version: "0.2.0", lastMigration: 7 },
 ];
 
 /** The release that shipped migration `n`: the first whose catalog reaches it (VERSION for one not released yet). */

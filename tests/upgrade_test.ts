@@ -2,17 +2,19 @@
  * The upgrade path, with real processes: the previous release (0.1.0, unpacked from tests/fixtures/releases/) builds a
  * database with stream tables, refresh history and changes not yet refreshed, and stops; this build starts on it,
  * migrates it, loses nothing, refreshes the stream tables differentially where they were, and the pending changes
- * arrive. A catalog newer than this build is refused at start, naming both versions. (0.1.0 had no snapshots, so no
- * snapshot predates the upgrade; one taken of an upgraded stream table restores.)
+ * arrive. A catalog newer than this build is refused at start, naming both versions. 0.1.0 had no snapshots, so the
+ * snapshot rule (a snapshot restores across migrations that keep the snapshot format, migration 0007) is tested with
+ * later migrations applied to this build's catalog.
  */
 import assert from "node:assert/strict";
 import * as path from "node:path";
 import { connect, type Sql, urlForDatabase } from "../db/pool.ts";
 import { quoteIdent } from "../db/identifiers.ts";
-import { loadMigrations } from "../db/migrate.ts";
+import { loadMigrations, migrate } from "../db/migrate.ts";
+import type { RestoreResult } from "../engine/snapshots.ts";
 import { RELEASES, VERSION } from "../version.ts";
 import { dropDatabase, serverUrl } from "./support/db.ts";
-import { dbTest } from "./support/service.ts";
+import { dbTest, startTestService } from "./support/service.ts";
 import {
   eventually,
   launchService,
@@ -22,7 +24,7 @@ import {
   spawnService,
   stopAll,
 } from "./support/process.ts";
-import { assertSameRows, type HistoryEntry, type RefreshResult, type StreamTable } from "./support/api.ts";
+import { assertSameRows, type HistoryEntry, problem, type RefreshResult, type StreamTable } from "./support/api.ts";
 
 const PREVIOUS = RELEASES.at(-2)!;
 const FIXTURE = new URL(`./fixtures/releases/trickle-${PREVIOUS.version}.tar.gz`, import.meta.url).pathname;
@@ -233,6 +235,71 @@ Deno.test({
       await stopAll(procs);
       await sql.end();
       await dropDatabase(name);
+    }
+  },
+});
+
+Deno.test({
+  name: "a snapshot taken before an upgrade restores after it, unless the upgrade changed the snapshot format",
+  ...dbTest,
+  fn: async () => {
+    const s = await startTestService();
+    try {
+      const sql = s.db.sql;
+      await sql.unsafe(`
+        CREATE TABLE orders (id int PRIMARY KEY, customer int NOT NULL, amount int NOT NULL);
+        INSERT INTO orders SELECT i, i % 10, i % 100 FROM generate_series(1, 300) i;`);
+      await json(await s.request("POST", "/stream-tables", { name: "totals", query: TOTALS, schedule: "1h" }), 201);
+      const all = await loadMigrations();
+      const snap = await json<{ snapshot: string; catalog_schema_version: number }>(
+        await s.request("POST", "/snapshots", { stream_table: "totals" }),
+        201,
+      );
+      assert.equal(snap.catalog_schema_version, all.length);
+      const taken = await sql`SELECT customer, total, n FROM totals ORDER BY customer`;
+
+      // A later release's migration that leaves snapshots as they are.
+      const later = { version: all.length + 1, name: "later", sql: "CREATE TABLE pgtrickle.pgt_later (id int)" };
+      assert.deepEqual(await migrate(sql, [...all, later]), [later.version]);
+      await sql`INSERT INTO orders SELECT i, i % 10, 3 FROM generate_series(301, 310) i`;
+      await json(await s.request("POST", "/stream-tables/totals/refresh"));
+      assert.notDeepEqual(await sql`SELECT customer, total, n FROM totals ORDER BY customer`, taken);
+      const restored = await json<RestoreResult>(
+        await s.request("POST", "/restore", { stream_table: "totals", source: snap.snapshot }),
+      );
+      assert.equal(restored.next_refresh.mode, "DIFFERENTIAL", JSON.stringify(restored));
+      assert.deepEqual(await sql`SELECT customer, total, n FROM totals ORDER BY customer`, taken);
+      const caughtUp = await json<RefreshResult>(await s.request("POST", "/stream-tables/totals/refresh"));
+      assert.equal(caughtUp.action, "DIFFERENTIAL");
+      await assertSameRows(sql, { table: "totals", query: TOTALS, columns: ["customer", "total", "n"] });
+
+      // A migration that changes what a snapshot means says so; snapshots from before it are refused.
+      const format = all.length + 2;
+      const changing = {
+        version: format,
+        name: "new_snapshot_format",
+        sql: `CREATE OR REPLACE FUNCTION pgtrickle.snapshot_format_version() RETURNS integer LANGUAGE sql STABLE
+          AS $$ SELECT ${format} $$`,
+      };
+      await migrate(sql, [...all, later, changing]);
+      const before = await sql`SELECT customer, total, n FROM totals ORDER BY customer`;
+      await problem(
+        await s.request("POST", "/restore", { stream_table: "totals", source: snap.snapshot }),
+        409,
+        "SnapshotSchemaVersionMismatch",
+        new RegExp(
+          `taken at catalog schema version ${all.length}, this database is at ${format} and restores snapshots ` +
+            `taken at ${format} to ${format}`,
+        ),
+      );
+      assert.deepEqual(await sql`SELECT customer, total, n FROM totals ORDER BY customer`, before, "nothing changed");
+      const fresh = await json<{ snapshot: string }>(
+        await s.request("POST", "/snapshots", { stream_table: "totals" }),
+        201,
+      );
+      await json(await s.request("POST", "/restore", { stream_table: "totals", source: fresh.snapshot }));
+    } finally {
+      await s.close();
     }
   },
 });
