@@ -56,6 +56,20 @@ async function emptyDatabase(): Promise<string> {
   return name;
 }
 
+/** The rows waiting in each source's change buffer, by source name. */
+async function pendingChanges(sql: Sql): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (
+    const b of await sql<{ relid: number; name: string }[]>`
+    SELECT source_relid::int8 AS relid, source_name AS name FROM pgtrickle.pgt_change_buffers`
+  ) {
+    // Test-only SQL: the buffer's name is built from an oid read from the catalog.
+    const [row] = await sql.unsafe(`SELECT count(*)::int AS n FROM pgtrickle_changes.changes_${Number(b.relid)}`);
+    out[b.name] = row!.n as number;
+  }
+  return out;
+}
+
 /** What must survive the upgrade: catalog rows, history rows, and each stream table's rows. */
 async function state(sql: Sql) {
   return {
@@ -65,6 +79,7 @@ async function state(sql: Sql) {
       FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id`,
     buffers: await sql`SELECT source_relid::int8 AS relid, source_name, capture_version
       FROM pgtrickle.pgt_change_buffers ORDER BY 1`,
+    pending: await pendingChanges(sql),
     totals: await sql`SELECT customer, total, n FROM totals ORDER BY customer`,
     big: await sql`SELECT id, amount, name FROM big ORDER BY id`,
     ranked: await sql`SELECT id, r FROM ranked ORDER BY id`,
@@ -109,6 +124,7 @@ Deno.test({
       const versions = await sql<{ version: number }[]>`SELECT version FROM pgtrickle.pgt_schema_version ORDER BY 1`;
       assert.deepEqual(versions.map((v) => v.version), Array.from({ length: PREVIOUS.lastMigration }, (_, i) => i + 1));
       const kept = await state(sql);
+      assert.ok(kept.pending.orders! >= 25 && kept.pending.customers! >= 2, JSON.stringify(kept.pending));
       assert.deepEqual(kept.streamTables.map((s) => s.effective_refresh_mode), [
         "DIFFERENTIAL",
         "DIFFERENTIAL",
