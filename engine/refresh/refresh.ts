@@ -406,7 +406,8 @@ function sameSet(a: number[], b: number[]): boolean {
 
 /**
  * Awaits statements sent together on one transaction and returns their results; when some fail, throws the error of
- * the first in sending order (the one that made the rest fail, which PostgreSQL then refuses as an aborted transaction).
+ * the first in sending order (the one that made the rest fail, which PostgreSQL then refuses as an aborted
+ * transaction).
  */
 async function settledInOrder(promises: Promise<unknown>[]): Promise<unknown[]> {
   const settled = await Promise.allSettled(promises);

@@ -56,7 +56,11 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
   if (changed.length === 0) return { inserted: 0, deleted: 0 };
   // The delta SQL evaluates the query's expressions: isolated, so nothing they do to the session outlives them.
   const shapes = options.shapes;
-  return await withUserSql(tx, (sp) => applyChanges(sp, { plan, target, frontier: options.frontier, changed, shapes }));
+  return await withUserSql(
+    tx,
+    (sp) => applyChanges(sp, { plan, target, frontier: options.frontier, changed, shapes }),
+    { nonVolatile: true },
+  );
 }
 
 /** Computes and applies the delta of the sources in `changed` (index into plan.sources, buffer rows). */
