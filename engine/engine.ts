@@ -10,7 +10,7 @@ import { MetricsRegistry } from "./metrics/registry.ts";
 import type { Logger } from "../log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
 import { Planner, type PlannerOptions } from "./planner/planner.ts";
-import { prunesSettled } from "./refresh/refresh.ts";
+import { prunesSettled } from "./refresh/prune.ts";
 import { loadRules } from "./planner/rules.ts";
 import { AlertDelivery, type DeliverySettings } from "./alerts/delivery.ts";
 

@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { assertEqualsQuery } from "./support/oracle.ts";
 import { findStreamTable } from "../engine/catalog.ts";
-import { prunesSettled, refreshStreamTable } from "../engine/refresh/refresh.ts";
+import { refreshStreamTable } from "../engine/refresh/refresh.ts";
+import { prunesSettled } from "../engine/refresh/prune.ts";
 import { alterStreamTable, createStreamTable } from "../engine/stream_tables.ts";
 import type { DatabaseContext } from "../engine/context.ts";
 import type { Sql } from "../db/pool.ts";

@@ -10,7 +10,8 @@ import { OracleEngine, type Sql, StreamTableUnderTest } from "./support/oracle.t
 import { one } from "./support/rows.ts";
 import { dbTest, type TestServiceOptions } from "./support/service.ts";
 import type { RestoreResult, Snapshot } from "../engine/snapshots.ts";
-import { prunesSettled, refreshStreamTable } from "../engine/refresh/refresh.ts";
+import { refreshStreamTable } from "../engine/refresh/refresh.ts";
+import { prunesSettled } from "../engine/refresh/prune.ts";
 
 type SnapshotJson = Omit<Snapshot, "created_at"> & { created_at: string; database: string };
 type RestoreJson = RestoreResult;
