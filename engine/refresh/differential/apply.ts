@@ -9,7 +9,7 @@ import { withUserSql } from "../../../db/session.ts";
 import { deltaFilter } from "../../cdc.ts";
 import type { QueryPlan } from "../../plan.ts";
 import type { Deltas } from "./delta_sql.ts";
-import type { DiffPlan, SourceData } from "./diff_plan.ts";
+import { blockSources, type DiffPlan, type SourceData } from "./diff_plan.ts";
 import { strategyOf } from "./strategies/strategy.ts";
 import { createDeltaTable } from "./temp_tables.ts";
 
@@ -102,7 +102,7 @@ async function applyChanges(
     deltas.tables.set(Number(i), name);
   }
   for (const block of plan.blocks) {
-    if (!block.refs.some((r) => deltas.tables.has(r.source))) continue;
+    if (!blockSources(block).some((s) => deltas.tables.has(s))) continue;
     const statement = strategyOf(block).writeStatement(block, plan, { target, deltas });
     const [row] = await tx.unsafe<{ inserted: number; updated: number; deleted: number }[]>(statement, params);
     // An update counts as a deleted and an inserted row, so that inserted - deleted is the change in row count.
@@ -123,6 +123,7 @@ const RAW_DELTA_LIMIT = 1_000;
 function rawDeltaApplies(plan: DiffPlan, i: number): boolean {
   return plan.blocks.every((b) => {
     const reads = b.refs.filter((r) => r.source === i).length;
+    if (b.strategy === "partition" && blockSources(b).includes(i)) return false;
     return reads === 0 || (reads === 1 && b.strategy === "algebraic");
   });
 }
