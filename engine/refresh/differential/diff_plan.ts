@@ -45,6 +45,11 @@ export interface BlockData {
 export interface PartitionData {
   /** Partition expressions over the block's FROM; [] when the whole block is one partition. */
   keys: string[];
+  /**
+   * True when the keys are primary-key columns (never NULL): a recompute then selects its partitions by their key
+   * values, which an index on the key serves, rather than by their hash.
+   */
+  byValue: boolean;
   /** How a row is identified: by every reference's key, by the group keys, or by the DISTINCT ON keys. */
   rowId: "refs" | "group" | "distinct_on";
   /** DISTINCT ON expressions (resolved), or null. */

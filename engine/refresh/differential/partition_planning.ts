@@ -65,6 +65,7 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
   const distinctKeys = distinctOn ? distinctOnKeys(args) : null;
 
   let keys: string[];
+  let byValue = false;
   if (limited) {
     keys = [];
     notes.push("top-k (ORDER BY ... LIMIT/OFFSET): a refresh with changes recomputes the whole result");
@@ -79,6 +80,7 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
     keys = [fullJoinKey(args)];
   } else {
     keys = block.refs.flatMap((r, i) => (nullable.has(i) ? [] : r.key));
+    byValue = true;
   }
   keys = keys.filter((k) => !refsOf(k).sublink);
   const coreOnly = keys.every((k) => [...refsOf(k).refs].every((r) => !nullable.has(r)));
@@ -104,6 +106,7 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
   });
   return {
     keys,
+    byValue: byValue && keys.length > 0,
     rowId: distinctKeys !== null ? "distinct_on" : (args.aggregated || block.distinct ? "group" : "refs"),
     distinctOn: distinctKeys,
     tail: limited || distinctOn ? tail(args) : null,

@@ -79,18 +79,18 @@ function termRef(plan: DiffPlan, deltas: Deltas, args: { refs: RefData[]; i: num
   return src.table + r.aliasSuffix;
 }
 
-/** Hashes of the partitions the delta touches (a superset of those whose rows change). */
+/** Hashes of the partitions the delta touches (a superset of those whose rows change), and key values if byValue. */
 function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
   const p = block.partition!;
   if (p.keys.length === 0) return "SELECT 0::int8 AS part";
-  const h = partHash(p);
+  const sel = `${partHash(p)} AS part` + (p.byValue ? p.keys.map((k, i) => `, ${k} AS "p${i}"`).join("") : "");
   const terms: string[] = [];
   // A changed row of the block's own references: it must participate, not be NULL-extended (an outer join whose
   // nullable side is the delta then reduces to an inner join).
   for (const [k, ref] of block.refs.entries()) {
     if (!deltas.tables.has(ref.source)) continue;
     const from = render(block.from, (i) => termRef(plan, deltas, { refs: block.refs, i, k }));
-    terms.push(`SELECT ${h} AS part ${fromWhere(from, p.discoveryWhere, `${quoteIdent(`__pgt_w_${k}`)} IS NOT NULL`)}`);
+    terms.push(`SELECT ${sel} ${fromWhere(from, p.discoveryWhere, `${quoteIdent(`__pgt_w_${k}`)} IS NOT NULL`)}`);
   }
   // A changed row of a subquery's sources: the outer rows it may correlate with, now (outer rows that changed are
   // found above).
@@ -100,20 +100,25 @@ function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): st
       if (!deltas.tables.has(ref.source)) continue;
       const from = render(s.from, (i) => termRef(plan, deltas, { refs: s.refs, i, k }));
       const exists = `EXISTS (SELECT 1 FROM ${from}${s.where === null ? "" : ` WHERE ${s.where}`})`;
-      terms.push(`SELECT ${h} AS part ${fromWhere(outer, p.discoveryWhere, exists)}`);
+      terms.push(`SELECT ${sel} ${fromWhere(outer, p.discoveryWhere, exists)}`);
     }
   }
   if (p.touchAll.some((i) => deltas.tables.has(i))) {
-    terms.push(`SELECT ${h} AS part ${fromWhere(outer, p.discoveryWhere)}`);
+    terms.push(`SELECT ${sel} ${fromWhere(outer, p.discoveryWhere)}`);
   }
-  if (terms.length === 0) return "SELECT 0::int8 AS part WHERE false";
-  return `SELECT DISTINCT part FROM (${terms.join("\nUNION ALL\n")}) d`;
+  if (terms.length === 0) return `SELECT ${sel} FROM ${outer} WHERE false`;
+  return `SELECT DISTINCT * FROM (${terms.join("\nUNION ALL\n")}) d`;
 }
 
 /** The current rows of the partitions `touched` (a relation with column `part`) lists: c0.., rid, part. */
 function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
   const p = block.partition!;
-  const restrict = p.keys.length === 0 ? null : `${partHash(p)} IN (SELECT part FROM ${touched} k)`;
+  const values = p.keys.map((_, i) => `k."p${i}"`).join(", ");
+  const restrict = p.keys.length === 0
+    ? null
+    : p.byValue
+    ? `(${p.keys.join(", ")}) IN (SELECT ${values} FROM ${touched} k)`
+    : `${partHash(p)} IN (SELECT part FROM ${touched} k)`;
   const names = [...plan.columns.map((_, i) => `"c${i}"`), "rid", "part"];
   const cols = plan.columns.map((_, i) => `${cast(plan, i, `q."c${i}"`)} AS "c${i}"`);
   return `SELECT ${cols.join(", ")}, q.rid, q.part FROM (${blockSelect(block, plan, restrict)}) q(${names.join(", ")})`;
