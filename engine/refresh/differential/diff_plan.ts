@@ -126,6 +126,11 @@ export const PART = "__pgt_part";
 /** The hidden per-group row count of an algebraic stream table. */
 export const COUNT = "__pgt_count";
 
+/** What a plan says about its cost where it degrades (a whole-table window, top-k, ...); [] when nothing. */
+export function planNotes(plan: { differential: unknown }): string[] {
+  return (plan.differential as DiffPlan | null)?.notes ?? [];
+}
+
 /** Every source (index into DiffPlan.sources) a block reads: its references, its subqueries', and touch-all ones. */
 export function blockSources(block: BlockData): number[] {
   const p = block.partition;

@@ -24,4 +24,5 @@
  */
 export { applyDifferential, type ApplyOptions, type ApplyResult } from "./apply.ts";
 export type { DiffPlan } from "./diff_plan.ts";
+export { planNotes } from "./diff_plan.ts";
 export { type PlanInput, planQuery } from "./planning.ts";
