@@ -107,6 +107,11 @@ Deno.test({
         assert.deepEqual(exists.keys, ['"t"."id"']);
         assert.equal(exists.discoveryWhere, "(v > 2)");
         assert.deepEqual(exists.sublinks.map((s) => s.where), ["(u.t_id = t.id)"]);
+        // IN over columns: a changed row touches the outer rows whose value it names (or all, when a side is NULL).
+        const notIn = await part("SELECT id FROM t WHERE g NOT IN (SELECT w FROM u WHERE w > 0)");
+        assert.deepEqual(notIn.sublinks.map((s) => s.where), [
+          '(w > 0) AND ("w" = "t"."g" OR "w" IS NULL OR "t"."g" IS NULL)',
+        ]);
         // A nested subquery's sources touch every partition, and the plan says so.
         const nested = await part(
           "SELECT id FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.t_id = t.id AND u.w IN (SELECT g FROM t t2))",

@@ -391,12 +391,34 @@ async function planSublink(
     refs.push(r.ref);
     refColumns.push({ exposed: r.ref.exposed, columns: r.columns });
   }
-  const kept = conjuncts(clauses.where).filter((c) => !expressionRefs(c, refColumns).sublink);
-  return {
-    refs,
-    from: clauses.from,
-    where: kept.length === 0 ? null : kept.map((c) => `(${c})`).join(" AND "),
-  };
+  const kept = conjuncts(clauses.where).filter((c) => !expressionRefs(c, refColumns).sublink).map((c) => `(${c})`);
+  const match = inMatch(sublink, { sub, outer: args.refColumns, inner: refColumns });
+  if (match !== null) kept.push(match);
+  return { refs, from: clauses.from, where: kept.length === 0 ? null : kept.join(" AND ") };
+}
+
+/**
+ * For `x IN (SELECT y ...)` (or `= ANY`, NOT IN alike) over plain columns: a changed row can change the membership
+ * of x only if its y equals x or either is NULL (NOT IN's NULL semantics), so discovery adds that condition; an
+ * uncorrelated IN then touches only the outer rows whose x a change names. Null when the shape is another.
+ */
+function inMatch(sublink: Node, cols: { sub: Node; outer: RefColumns[]; inner: RefColumns[] }): string | null {
+  if (sublink["subLinkType"] !== "ANY_SUBLINK") return null;
+  const op = names(list(sublink, "operName"));
+  if (op.length > 0 && op.join() !== "=") return null;
+  const targets = list(cols.sub, "targetList");
+  if (targets.length !== 1) return null;
+  const xFields = names(list(child(child(sublink, "testexpr"), "ColumnRef"), "fields"));
+  const yFields = names(list(child(child(child(targets[0], "ResTarget"), "val"), "ColumnRef"), "fields"));
+  if (xFields.length === 0 || yFields.length === 0 || [...xFields, ...yFields].includes("")) return null;
+  // x is written qualified by its outer reference, unless a reference of the subquery has the same name.
+  const owners = columnRefs(xFields, cols.outer);
+  if (owners.length !== 1) return null;
+  const exposed = cols.outer[owners[0]!]!.exposed;
+  if (cols.inner.some((r) => r.exposed === exposed)) return null;
+  const x = `${exposed}.${quoteIdent(xFields.at(-1)!)}`;
+  const y = yFields.map(quoteIdent).join(".");
+  return `(${y} = ${x} OR ${y} IS NULL OR ${x} IS NULL)`;
 }
 
 function qualifiedName(rv: Node): string {
