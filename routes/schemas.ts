@@ -50,6 +50,9 @@ export const StreamTableSchema = z.object({
   refresh_mode: RefreshModeSchema,
   effective_refresh_mode: z.enum(["FULL", "DIFFERENTIAL"]),
   fallback_reason: z.string().nullable(),
+  plan_notes: z.array(z.string()).openapi({
+    description: "Where the differential plan degrades, e.g. a whole-table window recomputed on every change",
+  }),
   schedule: z.string(),
   freshness_deadline_ms: z.number().int().nullable(),
   status: z.enum(["INITIALIZING", "ACTIVE", "SUSPENDED", "ERROR"]),

@@ -5,6 +5,7 @@ import type { DatabaseContext } from "../engine/context.ts";
 import type { Engine } from "../engine/engine.ts";
 import { badRequest } from "../engine/errors.ts";
 import { parseQualifiedName } from "../engine/names.ts";
+import { planNotes } from "../engine/refresh/differential/differential.ts";
 import { alterStreamTable, createStreamTable, dropStreamTable } from "../engine/stream_tables.ts";
 import {
   getStreamTableView,
@@ -42,6 +43,7 @@ function present(ctx: DatabaseContext, view: StreamTableView): z.infer<typeof St
     refresh_mode: st.refresh_mode,
     effective_refresh_mode: st.effective_refresh_mode,
     fallback_reason: st.fallback_reason,
+    plan_notes: planNotes(st.plan),
     schedule: st.schedule,
     freshness_deadline_ms: st.freshness_deadline_ms === null ? null : Number(st.freshness_deadline_ms),
     status: st.status,

@@ -3,7 +3,7 @@
  */
 import assert from "node:assert/strict";
 import { describeQuery } from "../engine/query.ts";
-import { planQuery } from "../engine/refresh/differential/differential.ts";
+import { type DiffPlan, planQuery } from "../engine/refresh/differential/differential.ts";
 import { TrickleError } from "../engine/errors.ts";
 import { createStreamTable } from "../engine/stream_tables.ts";
 import { freshTestDatabase, type Sql } from "./support/oracle.ts";
@@ -71,15 +71,77 @@ Deno.test({
         assert.deepEqual(agg.columns.map((c) => c.name), ["g", "c", "s", "a"]);
       });
 
+      await t.step("partition recompute: partition keys, nullable side, discovery, notes, storage", async () => {
+        const part = async (query: string) => {
+          const p = await plan(sql, query);
+          assert.equal(p.unsupportedReason, null, query);
+          assert.deepEqual(strategies(p), ["partition"], query);
+          assert.deepEqual(p.hiddenColumns.map((c) => c.name), ["__pgt_row_id", "__pgt_part"], query);
+          assert.deepEqual(p.indexes, [["__pgt_part"]], query);
+          const diff = p.differential as DiffPlan;
+          return { ...diff.blocks[0]!.partition!, notes: diff.notes ?? [] };
+        };
+        // An outer join partitions by the keys of the references never NULL-extended; the anti-join conjunct on the
+        // nullable side is not evaluated in discovery.
+        const left = await part("SELECT t.id, u.w FROM t LEFT JOIN u ON u.t_id = t.id WHERE u.id IS NULL AND t.v > 1");
+        assert.deepEqual(left.keys, ['"t"."id"']);
+        assert.deepEqual(left.nullable, [1]);
+        assert.equal(left.discoveryWhere, "(t.v > 1)");
+        assert.deepEqual(left.notes, []);
+        const right = await part("SELECT t.id, u.w FROM t RIGHT JOIN u ON u.t_id = t.id");
+        assert.deepEqual([right.keys, right.nullable], [['"u"."id"'], [0]]);
+        const full = await part("SELECT t.id, u.w FROM t FULL JOIN u ON u.t_id = t.id AND u.w > 0");
+        assert.deepEqual([full.keys, full.nullable], [['coalesce("u"."t_id", "t"."id")'], [0, 1]]);
+        // Grouped over an outer join: the group keys, when they read only the core side; else the whole result.
+        assert.deepEqual(
+          (await part("SELECT t.g, count(u.id) AS c FROM t LEFT JOIN u ON u.t_id = t.id GROUP BY t.g")).keys,
+          [
+            "t.g",
+          ],
+        );
+        const nullableKey = await part("SELECT u.w, count(*) AS c FROM t LEFT JOIN u ON u.t_id = t.id GROUP BY u.w");
+        assert.deepEqual(nullableKey.keys, []);
+        assert.match(nullableKey.notes.join(), /nullable side of an outer join/);
+        // Subqueries: the outer block's row ids partition it; their sources are read through their own FROM.
+        const exists = await part("SELECT id FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.t_id = t.id) AND v > 2");
+        assert.deepEqual(exists.keys, ['"t"."id"']);
+        assert.equal(exists.discoveryWhere, "(v > 2)");
+        assert.deepEqual(exists.sublinks.map((s) => s.where), ["(u.t_id = t.id)"]);
+        // IN over columns: a changed row touches the outer rows whose value it names (or all, when a side is NULL).
+        const notIn = await part("SELECT id FROM t WHERE g NOT IN (SELECT w FROM u WHERE w > 0)");
+        assert.deepEqual(notIn.sublinks.map((s) => s.where), [
+          '(w > 0) AND ("w" = "t"."g" OR "w" IS NULL OR "t"."g" IS NULL)',
+        ]);
+        // A nested subquery's sources touch every partition, and the plan says so.
+        const nested = await part(
+          "SELECT id FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.t_id = t.id AND u.w IN (SELECT g FROM t t2))",
+        );
+        assert.deepEqual(nested.touchAll, [0]);
+        assert.match(nested.notes.join(), /"public"\."t".*recomputes every partition/);
+        // Windows: the PARTITION BY keys every window shares; none is a whole-table window, said in the plan.
+        const win = await part(
+          "SELECT id, rank() OVER (PARTITION BY g, s ORDER BY v) AS r, sum(v) OVER (PARTITION BY s, g) AS sv FROM t",
+        );
+        assert.deepEqual(win.keys, ["g", "s"]);
+        const whole = await part(
+          "SELECT id, rank() OVER (PARTITION BY g ORDER BY v) AS r, count(*) OVER () AS n FROM t",
+        );
+        assert.deepEqual(whole.keys, []);
+        assert.match(whole.notes.join(), /whole-table window/);
+        const distinctOn = await part("SELECT DISTINCT ON (label) g AS label, v FROM t ORDER BY label, v DESC");
+        assert.deepEqual([distinctOn.keys, distinctOn.rowId, distinctOn.tail], [
+          ["g"],
+          "distinct_on",
+          "ORDER BY label, v DESC",
+        ]);
+        const topk = await part("SELECT g, max(v) AS m FROM t GROUP BY g ORDER BY m DESC LIMIT 3");
+        assert.deepEqual([topk.keys, topk.rowId, topk.tail], [[], "group", "ORDER BY m DESC LIMIT 3"]);
+        assert.match(topk.notes.join(), /top-k/);
+      });
+
       await t.step("unsupported queries name the construct", async () => {
         const cases: [string, string][] = [
-          ["SELECT t.id, u.w FROM t LEFT JOIN u ON u.t_id = t.id", "outer join (LEFT JOIN)"],
-          ["SELECT t.id, u.w FROM t FULL JOIN u ON u.t_id = t.id", "outer join (FULL JOIN)"],
-          ["SELECT id, row_number() OVER (ORDER BY id) AS n FROM t", "window function row_number()"],
-          ["SELECT id FROM t WHERE v IN (SELECT w FROM u)", "subquery in an expression"],
           ["SELECT x.id FROM (SELECT id FROM t) x", "subquery in FROM"],
-          ["SELECT id FROM t LIMIT 5", "LIMIT/OFFSET"],
-          ["SELECT id FROM t ORDER BY id OFFSET 2", "LIMIT/OFFSET"],
           ["SELECT a, b FROM nokey", "source without primary key (public.nokey)"],
           ["SELECT id, random() AS r FROM t", "volatile function random()"],
           ["SELECT id, nextval('seq') AS n FROM t", "volatile function nextval()"],
@@ -87,7 +149,6 @@ Deno.test({
           ["SELECT id FROM t INTERSECT SELECT id FROM u", "INTERSECT"],
           ["SELECT id FROM t EXCEPT SELECT id FROM u", "EXCEPT"],
           ["WITH x AS (SELECT id FROM t) SELECT id FROM x", "WITH (common table expression)"],
-          ["SELECT DISTINCT ON (g) g, v FROM t", "DISTINCT ON"],
           ["SELECT g, count(*) AS c FROM t GROUP BY ROLLUP (g)", "GROUPING SETS, ROLLUP or CUBE"],
           [
             "SELECT id, generate_series(1, 2) AS n FROM t",
@@ -97,6 +158,24 @@ Deno.test({
           ["SELECT n FROM generate_series(1, 3) n, t", "function in FROM"],
           ["SELECT id FROM tv", `"tv" is not a source table (a view or a WITH query)`],
           ["SELECT DISTINCT count(*) AS c FROM t GROUP BY g", "DISTINCT together with aggregates"],
+          ["SELECT id FROM t UNION ALL SELECT id FROM u LIMIT 3", "LIMIT/OFFSET"],
+          [
+            "SELECT id FROM t UNION ALL SELECT t_id FROM u WHERE EXISTS (SELECT 1 FROM t)",
+            "subquery in an expression in a UNION ALL branch",
+          ],
+          ["SELECT t.id FROM t JOIN u ON u.t_id = t.id AND EXISTS (SELECT 1 FROM u)", "subquery in a join condition"],
+          ["SELECT id FROM t ORDER BY (SELECT max(w) FROM u) LIMIT 2", "subquery in ORDER BY or LIMIT"],
+          [
+            "SELECT t.id, u.id AS uid, x.id AS xid FROM t FULL JOIN u ON u.t_id = t.id JOIN t x ON x.id = u.w",
+            "FULL JOIN with more than two tables",
+          ],
+          [
+            "SELECT t.id, u.id AS uid FROM t FULL JOIN u ON u.t_id > t.id",
+            "FULL JOIN without an equality of a column of each side",
+          ],
+          ["SELECT DISTINCT g, rank() OVER (ORDER BY g) AS r FROM t", "DISTINCT together with window functions"],
+          ["SELECT DISTINCT ON (g) g, count(*) AS c FROM t GROUP BY g", "DISTINCT ON together with aggregates"],
+          ["SELECT id FROM t WHERE v IN (SELECT a FROM nokey)", "source without primary key (public.nokey)"],
         ];
         for (const [query, reason] of cases) {
           let p;

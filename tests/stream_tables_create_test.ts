@@ -22,6 +22,7 @@ import {
 } from "./support/api.ts";
 
 const TOP_ORDERS_QUERY = "SELECT id, amount FROM orders ORDER BY amount DESC, id LIMIT 5";
+const ROLLUP_QUERY = "SELECT customer, sum(amount) AS total FROM orders GROUP BY ROLLUP (customer)";
 const DEALS_QUERY = 'SELECT count(*) AS deals, sum(amount) AS total FROM "Sales"."Deals"';
 
 Deno.test({
@@ -123,17 +124,41 @@ Deno.test({
 });
 
 Deno.test({
-  name: "AUTO falls back to FULL for a query with LIMIT, and says why",
+  name: "AUTO falls back to FULL for a query with ROLLUP, and says why",
+  ...dbTest,
+  fn: () =>
+    withService({}, async (s) => {
+      await createSources(s.db.sql);
+      const st = await created(s, { name: "rollup", query: ROLLUP_QUERY, schedule: "1h" });
+      assert.equal(st.refresh_mode, "AUTO");
+      assert.equal(st.effective_refresh_mode, "FULL");
+      assert.match(st.fallback_reason ?? "", /ROLLUP/);
+      assert.deepEqual(st.plan_notes, []);
+      await assertSameRows(s.db.sql, { table: "rollup", query: ROLLUP_QUERY, columns: ["customer", "total"] });
+    }),
+});
+
+Deno.test({
+  name: "a top-k query (ORDER BY ... LIMIT) is DIFFERENTIAL, and its plan notes say a change recomputes it",
   ...dbTest,
   fn: () =>
     withService({}, async (s) => {
       await createSources(s.db.sql);
       const st = await created(s, { name: "top_orders", query: TOP_ORDERS_QUERY, schedule: "1h" });
-      assert.equal(st.refresh_mode, "AUTO");
-      assert.equal(st.effective_refresh_mode, "FULL");
-      assert.match(st.fallback_reason ?? "", /LIMIT/);
+      assert.equal(st.effective_refresh_mode, "DIFFERENTIAL");
+      assert.equal(st.fallback_reason, null);
+      assert.equal(st.plan_notes.length, 1);
+      assert.match(st.plan_notes[0]!, /top-k .*recomputes the whole result/);
       assert.equal(st.row_count, 5);
+      await s.db.sql`UPDATE orders SET amount = amount + 100000 WHERE id = (SELECT min(id) FROM orders)`;
+      await ok(await s.request("POST", "/stream-tables/top_orders/refresh"));
+      const [h] = await s.db.sql<{ action: string }[]>`
+        SELECT action FROM pgtrickle.pgt_refresh_history ORDER BY refresh_id DESC LIMIT 1`;
+      assert.equal(h!.action, "DIFFERENTIAL");
       await assertSameRows(s.db.sql, { table: "top_orders", query: TOP_ORDERS_QUERY, columns: ["id", "amount"] });
+      const [first] = await s.db.sql<{ id: number }[]>`SELECT id FROM top_orders ORDER BY amount DESC LIMIT 1`;
+      const [min] = await s.db.sql<{ id: number }[]>`SELECT min(id) AS id FROM orders`;
+      assert.equal(first!.id, min!.id);
     }),
 });
 

@@ -9,7 +9,7 @@ import { withUserSql } from "../../../db/session.ts";
 import { deltaFilter } from "../../cdc.ts";
 import type { QueryPlan } from "../../plan.ts";
 import type { Deltas } from "./delta_sql.ts";
-import type { DiffPlan, SourceData } from "./diff_plan.ts";
+import { blockSources, type DiffPlan, type SourceData } from "./diff_plan.ts";
 import { strategyOf } from "./strategies/strategy.ts";
 import { createDeltaTable, sessionDeltaTable, shapeTag } from "./temp_tables.ts";
 
@@ -123,7 +123,7 @@ async function applyChanges(
   }));
   for (const f of filled) if (f.rows > 0) deltas.tables.set(f.i, f.name);
   for (const block of plan.blocks) {
-    if (!block.refs.some((r) => deltas.tables.has(r.source))) continue;
+    if (!blockSources(block).some((s) => deltas.tables.has(s))) continue;
     const statement = strategyOf(block).writeStatement(block, plan, { target, deltas });
     const [row] = await tx.unsafe<{ inserted: number; updated: number; deleted: number }[]>(statement, params);
     // An update counts as a deleted and an inserted row, so that inserted - deleted is the change in row count.
@@ -144,6 +144,7 @@ const RAW_DELTA_LIMIT = 1_000;
 function rawDeltaApplies(plan: DiffPlan, i: number): boolean {
   return plan.blocks.every((b) => {
     const reads = b.refs.filter((r) => r.source === i).length;
+    if (b.strategy === "partition" && blockSources(b).includes(i)) return false;
     return reads === 0 || (reads === 1 && b.strategy === "algebraic");
   });
 }

@@ -9,6 +9,7 @@ import type { QueryDescription } from "../../plan.ts";
 import { type BlockData, type RefData, type Segment, type SourceData, unsupported } from "./diff_plan.ts";
 import type { FunctionFacts } from "./functions.ts";
 import { child, CLAUSE_END, funcName, list, names, type Node, type QueryText, walk } from "./query_reading.ts";
+import { planPartition } from "./partition_planning.ts";
 import { algebraicPlan } from "./strategies/algebraic.ts";
 
 export interface BlockInput {
@@ -22,13 +23,13 @@ export interface BlockInput {
 }
 
 /** A table reference's exposed name and its column names (aliases applied), quoted. */
-interface RefColumns {
+export interface RefColumns {
   exposed: string;
   columns: string[];
 }
 
 /** The clauses of a block, cut from the query text. */
-interface Clauses {
+export interface Clauses {
   /** Token index of the first select-list item and of FROM. */
   firstTarget: number;
   fromKw: number;
@@ -43,15 +44,22 @@ interface Clauses {
 /** Plans one simple SELECT: its references, clauses, outputs, grouping, and strategy. */
 export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<BlockData> {
   const { text, leaf, facts } = input;
-  const { fromClause, distinct } = checkBlock(leaf);
+  const { fromClause, distinct, distinctOn } = checkBlock(leaf);
   const { rangeVars, refs, refColumns, usingJoin } = await tableReferences(sql, { fromClause, input });
   const clauses = cutClauses(text, { leaf, rangeVars });
   const { targets, targetNodes } = outputExpressions(text, { leaf, clauses, refColumns, usingJoin });
   const targetList = list(leaf, "targetList");
   const aggregated = list(leaf, "groupClause").length > 0 || clauses.having !== null ||
     hasAggregate(targetList, facts);
-  if (distinct && aggregated) unsupported("DISTINCT together with aggregates");
-  const grouping = groupKeys(text, { leaf, clauses, refColumns, targets, targetNodes, distinct });
+  if (distinct && !distinctOn && aggregated) unsupported("DISTINCT together with aggregates");
+  const grouping = groupKeys(text, {
+    leaf,
+    clauses,
+    refColumns,
+    targets,
+    targetNodes,
+    distinct: distinct && !distinctOn,
+  });
   const block: BlockData = {
     strategy: "rows",
     refs,
@@ -61,10 +69,28 @@ export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<Block
     groupKeys: grouping.keys,
     groupBy: grouping.groupBy,
     having: clauses.having,
-    distinct,
+    distinct: distinct && !distinctOn,
     branch: input.branch,
     algebraic: null,
   };
+  // Outer joins, subqueries in expressions, windows, DISTINCT ON and top-k: the partition recompute.
+  const partition = await planPartition(sql, {
+    text,
+    leaf,
+    input,
+    block,
+    rangeVars,
+    refColumns,
+    clauses,
+    targetNodes,
+    groupNodes: grouping.nodes,
+    aggregated,
+  });
+  if (partition !== null) {
+    block.strategy = "partition";
+    block.partition = partition;
+    return block;
+  }
   if (aggregated || distinct) {
     // Grouped UNION ALL branches share the storage's columns, which have no room for per-branch state.
     const alg = input.branch === 0
@@ -76,8 +102,8 @@ export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<Block
   return block;
 }
 
-/** Refuses what a block may not contain; returns its FROM list and whether it is DISTINCT. */
-function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean } {
+/** Refuses what a block may not contain; returns its FROM list and whether it is DISTINCT (or DISTINCT ON). */
+function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean; distinctOn: boolean } {
   if (list(leaf, "valuesLists").length > 0) unsupported("VALUES");
   if (list(leaf, "windowClause").length > 0) unsupported("WINDOW clause");
   if (leaf["intoClause"] !== undefined) unsupported("SELECT INTO");
@@ -85,11 +111,18 @@ function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean } {
   if (fromClause.length === 0) unsupported("a SELECT without FROM");
   const distinctClause = leaf["distinctClause"] as unknown[] | undefined;
   const distinct = distinctClause !== undefined;
-  if (distinct && distinctClause.some((d) => d !== null && Object.keys(d as object).length > 0)) {
-    unsupported("DISTINCT ON");
+  const distinctOn = distinct && distinctClause.some((d) => d !== null && Object.keys(d as object).length > 0);
+  // A subquery in ON would be evaluated, in a delta term, against a state its own sources' delta does not describe.
+  walk(fromClause, (kind) => {
+    if (kind === "SubLink") unsupported("subquery in a join condition");
+  });
+  for (const key of ["groupClause", "sortClause", "limitCount", "limitOffset"]) {
+    walk(leaf[key], (kind) => {
+      if (kind === "SubLink") unsupported(`subquery in ${key === "groupClause" ? "GROUP BY" : "ORDER BY or LIMIT"}`);
+    });
   }
   checkConstructs(leaf);
-  return { fromClause, distinct };
+  return { fromClause, distinct, distinctOn };
 }
 
 /** The block's table references in text order, each resolved to a source. */
@@ -115,7 +148,7 @@ async function tableReferences(
 }
 
 /** Cuts FROM, WHERE, GROUP BY and HAVING out of the query text at the scanner's tokens. */
-function cutClauses(text: QueryText, args: { leaf: Node; rangeVars: Node[] }): Clauses {
+export function cutClauses(text: QueryText, args: { leaf: Node; rangeVars: Node[] }): Clauses {
   const { leaf, rangeVars } = args;
   const targetList = list(leaf, "targetList");
   const firstTarget = text.tokenAt(Number(child(targetList[0], "ResTarget")!["location"]));
@@ -239,7 +272,6 @@ function groupKeys(
 }
 
 const REFUSED_NODES: Record<string, string> = {
-  SubLink: "subquery in an expression",
   RangeSubselect: "subquery in FROM",
   RangeFunction: "function in FROM",
   RangeTableSample: "TABLESAMPLE",
@@ -254,15 +286,10 @@ function checkConstructs(leaf: Node): void {
     if (refused !== undefined) unsupported(refused);
     if (kind === "JoinExpr") {
       const jt = String(node["jointype"]);
-      if (jt !== "JOIN_INNER") {
-        const name = { JOIN_LEFT: "LEFT", JOIN_RIGHT: "RIGHT", JOIN_FULL: "FULL" }[jt] ?? jt;
-        unsupported(`outer join (${name} JOIN)`);
-      }
+      if (!["JOIN_INNER", "JOIN_LEFT", "JOIN_RIGHT", "JOIN_FULL"].includes(jt)) unsupported(`join type ${jt}`);
       if (node["alias"] !== undefined) unsupported("an aliased join");
     } else if (kind === "RangeVar" && node["inh"] !== true) {
       unsupported("ONLY");
-    } else if (kind === "FuncCall" && node["over"] !== undefined) {
-      unsupported(`window function ${funcName(node).name}()`);
     }
   });
 }
@@ -278,14 +305,17 @@ function starOf(val: Node | undefined): { relation: string | null } | null {
 function hasAggregate(targetList: Node[], facts: FunctionFacts): boolean {
   let found = false;
   walk(targetList, (kind, node) => {
-    if (kind !== "FuncCall") return;
+    // A subquery's aggregates are its own; an aggregate name with OVER is a window function.
+    if (kind === "SubLink") return false;
+    if (kind !== "FuncCall" || node["over"] !== undefined) return;
     const f = funcName(node);
     if (facts.aggregates.has(`${f.schema ?? ""}.${f.name}`)) found = true;
   });
   return found;
 }
 
-async function resolveRef(
+/** A table reference resolved to a source of the plan (added to it when new), its key and column names. */
+export async function resolveRef(
   sql: Sql | Tx,
   rv: Node,
   input: BlockInput,

@@ -17,7 +17,7 @@ export interface RefData {
 }
 
 export interface BlockData {
-  strategy: "rows" | "algebraic" | "recompute";
+  strategy: "rows" | "algebraic" | "recompute" | "partition";
   refs: RefData[];
   from: Segment[];
   where: string | null;
@@ -33,6 +33,46 @@ export interface BlockData {
   branch: number;
   /** Algebraic strategy only. */
   algebraic: AlgebraicData | null;
+  /** Partition strategy only (strategies/partition.ts). */
+  partition?: PartitionData;
+}
+
+/**
+ * A partition recompute: every output row belongs to one value of the partition expressions `keys` (none: the whole
+ * block is one partition), and a partition's rows depend only on source rows that join into it. A refresh finds the
+ * partitions its delta touches and recomputes only those.
+ */
+export interface PartitionData {
+  /** Partition expressions over the block's FROM; [] when the whole block is one partition. */
+  keys: string[];
+  /**
+   * True when the keys are primary-key columns (never NULL): a recompute then selects its partitions by their key
+   * values, which an index on the key serves, rather than by their hash.
+   */
+  byValue: boolean;
+  /** How a row is identified: by every reference's key, by the group keys, or by the DISTINCT ON keys. */
+  rowId: "refs" | "group" | "distinct_on";
+  /** DISTINCT ON expressions (resolved), or null. */
+  distinctOn: string[] | null;
+  /** ORDER BY ... LIMIT/OFFSET/FETCH text kept for top-k and DISTINCT ON, or null. */
+  tail: string | null;
+  /** References on the nullable side of an outer join: a delta term's changed row must participate. */
+  nullable: number[];
+  /** WHERE conjuncts that discovery may evaluate (no subquery, no nullable side), ANDed; null: none. */
+  discoveryWhere: string | null;
+  /** Subqueries in expressions whose own FROM the planner read: their changes touch the outer rows they correlate with. */
+  sublinks: SublinkData[];
+  /** Sources (index into DiffPlan.sources) whose any change touches every partition. */
+  touchAll: number[];
+  /** What the plan costs where it degrades (a whole-table window, top-k, ...): shown in DiffPlan.notes. */
+  notes: string[];
+}
+
+/** A subquery in an expression, as discovery reads it: its FROM with slots, its WHERE without nested subqueries. */
+export interface SublinkData {
+  refs: RefData[];
+  from: Segment[];
+  where: string | null;
 }
 
 export interface AggData {
@@ -72,6 +112,8 @@ export interface DiffPlan {
   types: string[];
   /** Visible columns whose type has no equality operator: consolidated by their text form. */
   textCompared: boolean[];
+  /** What a reader of the plan should know about its cost (e.g. "whole-table window: ..."); absent: none. */
+  notes?: string[];
 }
 
 /** The engine's row identity column on every differentially maintained stream table. */
@@ -83,6 +125,18 @@ export const ROW_ID = "__pgt_row_id";
 export const PART = "__pgt_part";
 /** The hidden per-group row count of an algebraic stream table. */
 export const COUNT = "__pgt_count";
+
+/** What a plan says about its cost where it degrades (a whole-table window, top-k, ...); [] when nothing. */
+export function planNotes(plan: { differential: unknown }): string[] {
+  return (plan.differential as DiffPlan | null)?.notes ?? [];
+}
+
+/** Every source (index into DiffPlan.sources) a block reads: its references, its subqueries', and touch-all ones. */
+export function blockSources(block: BlockData): number[] {
+  const p = block.partition;
+  const all = [...block.refs, ...(p?.sublinks.flatMap((s) => s.refs) ?? [])].map((r) => r.source);
+  return [...new Set([...all, ...(p?.touchAll ?? [])])];
+}
 
 /** A construct the planner does not maintain differentially; the message names it. */
 export class Unsupported extends Error {}

@@ -7,7 +7,7 @@
  * refresh fills with the table itself (its state at the refresh snapshot, "new"), its delta since the frontier, or its
  * state at the frontier ("old" = new minus the delta, as signed weights). The delta of an inner join of n references
  * telescopes: sum over k of old_1 .. old_{k-1} x delta_k x new_{k+1} .. new_n, each row weighted by the product of
- * its weights. Three strategies apply a delta:
+ * its weights. Four strategies apply a delta:
  *
  * - rows: projections, filters and joins. Row identity `__pgt_row_id` is a 64-bit hash of the sources' primary keys;
  *   the weighted delta rows are consolidated per row id and content, then deleted or upserted.
@@ -15,13 +15,18 @@
  *   integer or numeric: per-group counts and sums of the delta are added to hidden state columns.
  * - recompute: any other grouped query (min, max, any aggregate, HAVING, float sums, and grouped UNION ALL
  *   branches): the groups the delta touches are recomputed from the sources and written where they differ.
+ * - partition: outer joins, subqueries in expressions, window functions, DISTINCT ON and top-k: the partitions the
+ *   delta touches (outer-join core keys, group keys, PARTITION BY keys, DISTINCT ON keys, or the whole result) are
+ *   recomputed and written where they differ.
  *
  * Everything in the plan is JSON (stored in the catalog); SQL is assembled at refresh time from the plan's pieces.
  *
- * This is the folder's one public module. Inside: query_reading.ts (parse tree and tokens), planning.ts and
- * block_planning.ts (what is supported, and how), functions.ts (what the query's functions allow), diff_plan.ts
- * (the stored plan), delta_sql.ts and strategies/ (the SQL, free of any apply step), apply.ts (running it).
+ * This is the folder's one public module. Inside: query_reading.ts (parse tree and tokens), planning.ts,
+ * block_planning.ts, partition_planning.ts and sublink_planning.ts (what is supported, and how), functions.ts (what
+ * the query's functions allow), diff_plan.ts (the stored plan), delta_sql.ts and strategies/ (the SQL, free of any
+ * apply step), apply.ts (running it).
  */
 export { applyDifferential, type ApplyOptions, type ApplyResult } from "./apply.ts";
 export type { DiffPlan } from "./diff_plan.ts";
+export { planNotes } from "./diff_plan.ts";
 export { type PlanInput, planQuery } from "./planning.ts";

@@ -11,7 +11,7 @@ import type { Column, QueryDescription, QueryPlan } from "../../plan.ts";
 import { fullOnlyPlan } from "../full.ts";
 import { planBlock } from "./block_planning.ts";
 import type { Deltas } from "./delta_sql.ts";
-import { type BlockData, type DiffPlan, ROW_ID, type SourceData, Unsupported, unsupported } from "./diff_plan.ts";
+import { type BlockData, type DiffPlan, PART, ROW_ID, type SourceData, Unsupported, unsupported } from "./diff_plan.ts";
 import { type FunctionFacts, functionFacts } from "./functions.ts";
 import { child, expandTableCommands, list, type Node, QueryText } from "./query_reading.ts";
 import { algebraicHiddenColumns } from "./strategies/algebraic.ts";
@@ -44,9 +44,10 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   // The tree describeQuery parsed, unless `TABLE name` was spelled out (new text, new locations).
   const stmt = query === original ? description.tree : reparse(query);
   if (stmt["withClause"] !== undefined) unsupported("WITH (common table expression)");
-  checkSetOperationTop(stmt);
-
   const leaves = unionLeaves(stmt);
+  // A simple SELECT may end in ORDER BY ... LIMIT (top-k, planned with its block); a UNION ALL may not.
+  if (leaves.length > 1) checkSetOperationTop(stmt);
+  else if (list(stmt, "lockingClause").length > 0) unsupported("FOR UPDATE/SHARE");
   const union = leaves.length > 1;
   const facts = await functionFacts(sql, stmt);
   refuseFunctions(facts);
@@ -66,13 +67,18 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   const top = blocks[0]!;
   const hiddenColumns: Column[] = [{ name: ROW_ID, type: "bigint" }];
   if (!union && top.strategy === "algebraic") hiddenColumns.push(...algebraicHiddenColumns(top.algebraic!));
+  const partitioned = top.partition !== undefined;
+  if (partitioned) hiddenColumns.push({ name: PART, type: "bigint" });
   const diff: DiffPlan = { version: 1, sources, blocks, columns, types, textCompared: [] };
+  const notes = blocks.flatMap((b) => b.partition?.notes ?? []);
+  if (notes.length > 0) diff.notes = notes;
   diff.textCompared = await textComparedColumns(sql, types);
   return {
     unsupportedReason: null,
     columns: description.columns,
     hiddenColumns,
     uniqueKey: [ROW_ID],
+    ...(partitioned ? { indexes: [[PART]] } : {}),
     fullSelect: blocks.map((b) => strategyOf(b).fullSelect(b, diff)).join("\nUNION ALL\n"),
     differential: diff,
   };

@@ -6,6 +6,7 @@
 import type { BlockData, DiffPlan } from "../diff_plan.ts";
 import type { Deltas } from "../delta_sql.ts";
 import { algebraic } from "./algebraic.ts";
+import { partition } from "./partition.ts";
 import { recompute } from "./recompute.ts";
 import { rows } from "./rows.ts";
 
@@ -20,5 +21,5 @@ export interface Strategy {
 
 /** The strategy a block was planned for. */
 export function strategyOf(block: BlockData): Strategy {
-  return { rows, algebraic, recompute }[block.strategy];
+  return { rows, algebraic, recompute, partition }[block.strategy];
 }

@@ -1,0 +1,145 @@
+/**
+ * The partition recompute: outer joins, subqueries in expressions, window functions, DISTINCT ON and top-k
+ * (partition_planning.ts chooses the partition expressions P). A refresh finds the partitions its delta touches (P
+ * over the block's delta terms, and over the outer rows a changed subquery row correlates with), recomputes the block
+ * restricted to them, deletes their stored rows that are gone and writes those that differ. Each stored row keeps its
+ * partition's hash in `__pgt_part` (indexed), so a partition's rows are found without recomputing it.
+ *
+ * Discovery only has to find a superset of the touched partitions (recomputing an untouched one rewrites nothing),
+ * so it may drop WHERE conjuncts, read a changed table as its rows now plus its delta's rows (a superset of both its
+ * states), and treat a subquery as true whenever a changed row of its sources passes its WHERE.
+ */
+import { quoteIdent } from "../../../../db/identifiers.ts";
+import type { BlockData, DiffPlan, PartitionData, RefData, Segment } from "../diff_plan.ts";
+import { PART, ROW_ID } from "../diff_plan.ts";
+import { cast, COUNTS, type Deltas, fromWhere, groupRowId, keyRowId, plainFrom } from "../delta_sql.ts";
+import type { Strategy } from "./strategy.ts";
+
+export const partition: Strategy = {
+  fullSelect: (block, plan) => blockSelect(block, plan, null),
+  changeQueries: (block, plan, deltas) => {
+    const k = touchedPartitions(block, plan, deltas);
+    return [k, recomputed(block, plan, `(${k})`)];
+  },
+  writeStatement: (block, plan, { target, deltas }) => applyPartition(plan, block, target, deltas),
+};
+
+/** The hash of a row's partition (0 when the whole block is one partition). */
+function partHash(p: PartitionData): string {
+  return p.keys.length === 0
+    ? "0::int8"
+    : `pg_catalog.hash_record_extended(ROW(${p.keys.map((k) => `(${k})`).join(", ")}), 0)`;
+}
+
+function rowIdOfBlock(block: BlockData): string {
+  const p = block.partition!;
+  if (p.rowId === "distinct_on") return groupRowId(block, p.distinctOn!);
+  if (p.rowId === "group") return groupRowId(block, block.groupKeys);
+  return keyRowId(block);
+}
+
+/**
+ * The block's query with row id and partition hash after its outputs, optionally restricted to some partitions (in
+ * WHERE: before grouping, windows, DISTINCT ON and LIMIT, so a partition is recomputed whole). Outputs carry the
+ * query's column names, so ORDER BY and DISTINCT ON read an output name as they did in the defining query.
+ */
+function blockSelect(block: BlockData, plan: DiffPlan, restrict: string | null): string {
+  const p = block.partition!;
+  const distinct = p.distinctOn !== null
+    ? `DISTINCT ON (${p.distinctOn.join(", ")}) `
+    : (block.distinct ? "DISTINCT " : "");
+  const outputs = block.targets.map((t, i) => `${t} AS ${plan.columns[i]}`);
+  return `SELECT ${distinct}${outputs.join(", ")}, ${rowIdOfBlock(block)} AS ${ROW_ID}, ${partHash(p)} AS ${PART} ` +
+    fromWhere(plainFrom(block, plan), block.where, restrict) +
+    (block.groupBy !== null ? ` GROUP BY ${block.groupBy}` : "") +
+    (block.having !== null ? ` HAVING ${block.having}` : "") +
+    (p.tail !== null ? ` ${p.tail}` : "");
+}
+
+/** FROM text with each reference filled by `fill`. */
+function render(from: Segment[], fill: (i: number) => string): string {
+  return from.map((s) => (typeof s === "number" ? fill(s) : s)).join("");
+}
+
+/**
+ * A reference in a telescoped discovery term for reference `k`: its delta (with its weight, to test that it
+ * participates), before k a superset of its two states (now plus the delta's rows), after k the table now.
+ */
+function termRef(plan: DiffPlan, deltas: Deltas, args: { refs: RefData[]; i: number; k: number }): string {
+  const r = args.refs[args.i]!;
+  const src = plan.sources[r.source]!;
+  const d = deltas.tables.get(r.source);
+  const cols = src.columns.join(", ");
+  if (args.i === args.k) {
+    return `(SELECT ${cols}, "__pgt_w" AS ${quoteIdent(`__pgt_w_${args.i}`)} FROM ${d})${r.aliasSuffix}`;
+  }
+  if (args.i < args.k && d !== undefined) {
+    return `(SELECT ${cols} FROM ${src.table} UNION ALL SELECT ${cols} FROM ${d})${r.aliasSuffix}`;
+  }
+  return src.table + r.aliasSuffix;
+}
+
+/** Hashes of the partitions the delta touches (a superset of those whose rows change), and key values if byValue. */
+function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
+  const p = block.partition!;
+  if (p.keys.length === 0) return "SELECT 0::int8 AS part";
+  const sel = `${partHash(p)} AS part` + (p.byValue ? p.keys.map((k, i) => `, ${k} AS "p${i}"`).join("") : "");
+  const terms: string[] = [];
+  // A changed row of the block's own references: it must participate, not be NULL-extended (an outer join whose
+  // nullable side is the delta then reduces to an inner join).
+  for (const [k, ref] of block.refs.entries()) {
+    if (!deltas.tables.has(ref.source)) continue;
+    const from = render(block.from, (i) => termRef(plan, deltas, { refs: block.refs, i, k }));
+    terms.push(`SELECT ${sel} ${fromWhere(from, p.discoveryWhere, `${quoteIdent(`__pgt_w_${k}`)} IS NOT NULL`)}`);
+  }
+  // A changed row of a subquery's sources: the outer rows it may correlate with, now (outer rows that changed are
+  // found above).
+  const outer = plainFrom(block, plan);
+  for (const s of p.sublinks) {
+    for (const [k, ref] of s.refs.entries()) {
+      if (!deltas.tables.has(ref.source)) continue;
+      const from = render(s.from, (i) => termRef(plan, deltas, { refs: s.refs, i, k }));
+      const exists = `EXISTS (SELECT 1 FROM ${from}${s.where === null ? "" : ` WHERE ${s.where}`})`;
+      terms.push(`SELECT ${sel} ${fromWhere(outer, p.discoveryWhere, exists)}`);
+    }
+  }
+  if (p.touchAll.some((i) => deltas.tables.has(i))) {
+    terms.push(`SELECT ${sel} ${fromWhere(outer, p.discoveryWhere)}`);
+  }
+  if (terms.length === 0) return `SELECT ${sel} FROM ${outer} WHERE false`;
+  return `SELECT DISTINCT * FROM (${terms.join("\nUNION ALL\n")}) d`;
+}
+
+/** The current rows of the partitions `touched` (a relation with column `part`) lists: c0.., rid, part. */
+function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
+  const p = block.partition!;
+  const values = p.keys.map((_, i) => `k."p${i}"`).join(", ");
+  const restrict = p.keys.length === 0
+    ? null
+    : p.byValue
+    ? `(${p.keys.join(", ")}) IN (SELECT ${values} FROM ${touched} k)`
+    : `${partHash(p)} IN (SELECT part FROM ${touched} k)`;
+  const names = [...plan.columns.map((_, i) => `"c${i}"`), "rid", "part"];
+  const cols = plan.columns.map((_, i) => `${cast(plan, i, `q."c${i}"`)} AS "c${i}"`);
+  return `SELECT ${cols.join(", ")}, q.rid, q.part FROM (${blockSelect(block, plan, restrict)}) q(${names.join(", ")})`;
+}
+
+/** One statement: touched partitions, their rows recomputed, stored rows gone deleted, the others written if changed. */
+function applyPartition(plan: DiffPlan, block: BlockData, target: string, deltas: Deltas): string {
+  const cols = plan.columns.map((_, i) => `"c${i}"`);
+  const all = [...plan.columns, PART];
+  return `WITH k AS MATERIALIZED (${touchedPartitions(block, plan, deltas)}),
+    n AS MATERIALIZED (${recomputed(block, plan, "k")}),
+    del AS (
+      DELETE FROM ${target} st WHERE st.${PART} IN (SELECT part FROM k)
+        AND NOT EXISTS (SELECT 1 FROM n WHERE n.rid = st.${ROW_ID})
+      RETURNING 1),
+    up AS (
+      INSERT INTO ${target} AS st (${[...plan.columns, ROW_ID, PART].join(", ")})
+      SELECT ${[...cols, "rid", "part"].join(", ")} FROM n
+      ON CONFLICT (${ROW_ID}) DO UPDATE SET ${all.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}
+      WHERE ROW(${all.map((c) => `st.${c}`).join(", ")})::text IS DISTINCT FROM
+        ROW(${all.map((c) => `EXCLUDED.${c}`).join(", ")})::text
+      RETURNING (xmax = 0) AS fresh)
+    ${COUNTS}`;
+}

@@ -1,0 +1,184 @@
+/**
+ * Subqueries in expressions, as the partition recompute's discovery reads them (partition_planning.ts,
+ * docs/differential.md), and what an expression reads: which table references, whether it holds a subquery, and a
+ * WHERE's top-level conjuncts.
+ */
+import { parseSync } from "libpg-query";
+import type { Sql, Tx } from "../../../db/pool.ts";
+import { quoteIdent } from "../../../db/identifiers.ts";
+import type { Clauses, RefColumns } from "./block_planning.ts";
+import { cutClauses, resolveRef } from "./block_planning.ts";
+import { type RefData, type SublinkData, Unsupported } from "./diff_plan.ts";
+import type { PartitionInput } from "./partition_planning.ts";
+import { child, list, names, type Node, QueryText, walk } from "./query_reading.ts";
+
+/** The references an expression (SQL text) reads, by column name, and whether it contains a subquery. */
+export function expressionRefs(expr: string, refColumns: RefColumns[]): { refs: Set<number>; sublink: boolean } {
+  const refs = new Set<number>();
+  let sublink = false;
+  let tree: unknown;
+  try {
+    tree = parseSync(`SELECT 1 WHERE ${expr}`);
+  } catch {
+    // Not a lone expression (should not happen): assume it reads everything.
+    return { refs: new Set(refColumns.map((_, i) => i)), sublink: true };
+  }
+  walk(tree, (kind, node) => {
+    if (kind === "SubLink") sublink = true;
+    if (kind !== "ColumnRef") return;
+    const fields = names(list(node, "fields"));
+    for (const i of columnRefs(fields, refColumns)) refs.add(i);
+  });
+  return { refs, sublink };
+}
+
+/** The references a column reference (its name parts) may denote. */
+export function columnRefs(fields: string[], refColumns: RefColumns[]): number[] {
+  if (fields.length >= 2) {
+    const rel = quoteIdent(fields[fields.length - 2]!);
+    return refColumns.flatMap((r, i) => (r.exposed === rel ? [i] : []));
+  }
+  const col = quoteIdent(fields[0] ?? "");
+  return refColumns.flatMap((r, i) => (r.columns.includes(col) ? [i] : []));
+}
+
+/**
+ * Top-level AND conjuncts of a WHERE text. Cut at AND tokens of depth 0 (the AND of a BETWEEN excepted) and checked
+ * against the parser's count; when they disagree, [] (discovery then evaluates no conjunct, which only widens it).
+ */
+export function conjuncts(where: string | null): string[] {
+  if (where === null) return [];
+  const text = new QueryText(where);
+  const parts: string[] = [];
+  let depth = 0;
+  let start = 0;
+  let between = 0;
+  for (const [j, t] of text.tokens.entries()) {
+    if (t.text === "(" || t.text === "[") depth++;
+    else if (t.text === ")" || t.text === "]") depth--;
+    else if (depth === 0 && t.keyword && t.text.toLowerCase() === "between") between++;
+    else if (depth === 0 && t.keyword && t.text.toLowerCase() === "and") {
+      if (between > 0) between--;
+      else {
+        parts.push(text.range(start, j));
+        start = j + 1;
+      }
+    }
+  }
+  parts.push(text.range(start, text.tokens.length));
+  const tree = parseSync(`SELECT 1 WHERE ${where}`) as { stmts: { stmt: Node }[] };
+  const w = child(child(tree.stmts[0]?.stmt, "SelectStmt"), "whereClause");
+  const and = child(w, "BoolExpr");
+  const count = and !== undefined && and["boolop"] === "AND_EXPR" ? list(and, "args").length : 1;
+  return parts.length === count ? parts : [];
+}
+
+/**
+ * A subquery in an expression: its FROM and WHERE as discovery reads them, or null when the planner cannot read it
+ * (a set operation, WITH, a subquery in its FROM, an outer join): then every source it reads is in `touchAll`. So
+ * are the sources of subqueries nested inside it.
+ */
+export async function planSublink(
+  sql: Sql | Tx,
+  ctx: { args: PartitionInput; sublink: Node; touchAll: Set<number> },
+): Promise<SublinkData | null> {
+  const { args, sublink, touchAll } = ctx;
+  const sub = child(child(sublink, "subselect"), "SelectStmt");
+  const touchAllUnder = async (node: unknown) => {
+    const rvs: Node[] = [];
+    walk(node, (kind, n) => {
+      if (kind === "RangeVar") rvs.push(n);
+    });
+    for (const rv of rvs) {
+      const [row] = await sql<{ relid: number | null }[]>`
+        SELECT pg_catalog.to_regclass(${qualifiedName(rv)})::oid::int8 AS relid`;
+      // A name that is no source (a WITH query's name) has its sources among the other names.
+      if (!args.input.description.sources.some((s) => row?.relid !== null && Number(s.relid) === Number(row?.relid))) {
+        continue;
+      }
+      touchAll.add((await resolveRef(sql, rv, args.input)).ref.source);
+    }
+  };
+  if (sub === undefined) {
+    await touchAllUnder(sublink);
+    return null;
+  }
+  const fromClause = list(sub, "fromClause");
+  let readable = (sub["op"] === undefined || sub["op"] === "SETOP_NONE") && sub["withClause"] === undefined &&
+    fromClause.length > 0;
+  walk(fromClause, (kind, node) => {
+    if (kind === "RangeSubselect" || kind === "RangeFunction" || kind === "SubLink" || kind === "RangeTableFunc") {
+      readable = false;
+    }
+    if (kind === "JoinExpr" && node["jointype"] !== "JOIN_INNER") readable = false;
+  });
+  if (!readable) {
+    await touchAllUnder(sub);
+    return null;
+  }
+  // Subqueries nested in this one: their sources' changes touch every partition.
+  for (const key of ["targetList", "whereClause", "havingClause", "groupClause", "sortClause"]) {
+    const nested: Node[] = [];
+    walk(sub[key], (kind, n) => {
+      if (kind === "SubLink") {
+        nested.push(n);
+        return false;
+      }
+    });
+    for (const n of nested) await touchAllUnder(n);
+  }
+  const rangeVars: Node[] = [];
+  walk(fromClause, (kind, n) => {
+    if (kind === "RangeVar") rangeVars.push(n);
+  });
+  rangeVars.sort((a, b) => Number(a["location"]) - Number(b["location"]));
+  let clauses: Clauses;
+  try {
+    clauses = cutClauses(args.text, { leaf: sub, rangeVars });
+  } catch (e) {
+    if (!(e instanceof Unsupported)) throw e;
+    await touchAllUnder(sub);
+    return null;
+  }
+  const refs: RefData[] = [];
+  const refColumns: RefColumns[] = [];
+  for (const rv of rangeVars) {
+    const r = await resolveRef(sql, rv, args.input);
+    refs.push(r.ref);
+    refColumns.push({ exposed: r.ref.exposed, columns: r.columns });
+  }
+  const kept = conjuncts(clauses.where).filter((c) => !expressionRefs(c, refColumns).sublink).map((c) => `(${c})`);
+  const match = inMatch(sublink, { sub, outer: args.refColumns, inner: refColumns });
+  if (match !== null) kept.push(match);
+  return { refs, from: clauses.from, where: kept.length === 0 ? null : kept.join(" AND ") };
+}
+
+/**
+ * For `x IN (SELECT y ...)` (or `= ANY`, NOT IN alike) over plain columns: a changed row can change the membership
+ * of x only if its y equals x or either is NULL (NOT IN's NULL semantics), so discovery adds that condition; an
+ * uncorrelated IN then touches only the outer rows whose x a change names. Null when the shape is another.
+ */
+function inMatch(sublink: Node, cols: { sub: Node; outer: RefColumns[]; inner: RefColumns[] }): string | null {
+  if (sublink["subLinkType"] !== "ANY_SUBLINK") return null;
+  const op = names(list(sublink, "operName"));
+  if (op.length > 0 && op.join() !== "=") return null;
+  const targets = list(cols.sub, "targetList");
+  if (targets.length !== 1) return null;
+  const xFields = names(list(child(child(sublink, "testexpr"), "ColumnRef"), "fields"));
+  const yFields = names(list(child(child(child(targets[0], "ResTarget"), "val"), "ColumnRef"), "fields"));
+  if (xFields.length === 0 || yFields.length === 0 || [...xFields, ...yFields].includes("")) return null;
+  // x is written qualified by its outer reference, unless a reference of the subquery has the same name.
+  const owners = columnRefs(xFields, cols.outer);
+  if (owners.length !== 1) return null;
+  const exposed = cols.outer[owners[0]!]!.exposed;
+  if (cols.inner.some((r) => r.exposed === exposed)) return null;
+  const x = `${exposed}.${quoteIdent(xFields.at(-1)!)}`;
+  const y = yFields.map(quoteIdent).join(".");
+  return `(${y} = ${x} OR ${y} IS NULL OR ${x} IS NULL)`;
+}
+
+function qualifiedName(rv: Node): string {
+  const schema = rv["schemaname"] as string | undefined;
+  const rel = quoteIdent(String(rv["relname"]));
+  return schema === undefined ? rel : `${quoteIdent(schema)}.${rel}`;
+}
