@@ -77,7 +77,7 @@ Deno.test({
           ["SELECT t.id, u.w FROM t FULL JOIN u ON u.t_id = t.id", "outer join (FULL JOIN)"],
           ["SELECT id, row_number() OVER (ORDER BY id) AS n FROM t", "window function row_number()"],
           ["SELECT id FROM t WHERE v IN (SELECT w FROM u)", "subquery in an expression"],
-          ["SELECT x.id FROM (SELECT id FROM t) x", "subquery in FROM"],
+          ["SELECT x.g FROM (SELECT g, count(*) AS c FROM t GROUP BY g) x", "subquery in FROM with GROUP BY"],
           ["SELECT id FROM t LIMIT 5", "LIMIT/OFFSET"],
           ["SELECT id FROM t ORDER BY id OFFSET 2", "LIMIT/OFFSET"],
           ["SELECT a, b FROM nokey", "source without primary key (public.nokey)"],
@@ -86,7 +86,7 @@ Deno.test({
           ["SELECT id FROM t UNION SELECT id FROM u", "UNION without ALL"],
           ["SELECT id FROM t INTERSECT SELECT id FROM u", "INTERSECT"],
           ["SELECT id FROM t EXCEPT SELECT id FROM u", "EXCEPT"],
-          ["WITH x AS (SELECT id FROM t) SELECT id FROM x", "WITH (common table expression)"],
+          ["WITH RECURSIVE x AS (SELECT id FROM t) SELECT id FROM x", "WITH RECURSIVE"],
           ["SELECT DISTINCT ON (g) g, v FROM t", "DISTINCT ON"],
           ["SELECT g, count(*) AS c FROM t GROUP BY ROLLUP (g)", "GROUPING SETS, ROLLUP or CUBE"],
           [

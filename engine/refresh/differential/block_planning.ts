@@ -7,6 +7,7 @@ import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent, quoteQualified } from "../../../db/identifiers.ts";
 import type { QueryDescription } from "../../plan.ts";
 import { type BlockData, type RefData, type Segment, type SourceData, unsupported } from "./diff_plan.ts";
+import { subqueryInFromReason } from "./flatten.ts";
 import type { FunctionFacts } from "./functions.ts";
 import { child, CLAUSE_END, funcName, list, names, type Node, type QueryText, walk } from "./query_reading.ts";
 import { algebraicPlan } from "./strategies/algebraic.ts";
@@ -43,7 +44,7 @@ interface Clauses {
 /** Plans one simple SELECT: its references, clauses, outputs, grouping, and strategy. */
 export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<BlockData> {
   const { text, leaf, facts } = input;
-  const { fromClause, distinct } = checkBlock(leaf);
+  const { fromClause, distinct } = checkBlock(leaf, facts);
   const { rangeVars, refs, refColumns, usingJoin } = await tableReferences(sql, { fromClause, input });
   const clauses = cutClauses(text, { leaf, rangeVars });
   const { targets, targetNodes } = outputExpressions(text, { leaf, clauses, refColumns, usingJoin });
@@ -77,7 +78,7 @@ export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<Block
 }
 
 /** Refuses what a block may not contain; returns its FROM list and whether it is DISTINCT. */
-function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean } {
+function checkBlock(leaf: Node, facts: FunctionFacts): { fromClause: Node[]; distinct: boolean } {
   if (list(leaf, "valuesLists").length > 0) unsupported("VALUES");
   if (list(leaf, "windowClause").length > 0) unsupported("WINDOW clause");
   if (leaf["intoClause"] !== undefined) unsupported("SELECT INTO");
@@ -88,7 +89,7 @@ function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean } {
   if (distinct && distinctClause.some((d) => d !== null && Object.keys(d as object).length > 0)) {
     unsupported("DISTINCT ON");
   }
-  checkConstructs(leaf);
+  checkConstructs(leaf, facts);
   return { fromClause, distinct };
 }
 
@@ -240,7 +241,6 @@ function groupKeys(
 
 const REFUSED_NODES: Record<string, string> = {
   SubLink: "subquery in an expression",
-  RangeSubselect: "subquery in FROM",
   RangeFunction: "function in FROM",
   RangeTableSample: "TABLESAMPLE",
   RangeTableFunc: "XMLTABLE in FROM",
@@ -248,10 +248,12 @@ const REFUSED_NODES: Record<string, string> = {
   GroupingFunc: "GROUPING SETS, ROLLUP or CUBE",
 };
 
-function checkConstructs(leaf: Node): void {
+function checkConstructs(leaf: Node, facts: FunctionFacts): void {
   walk(leaf, (kind, node) => {
     const refused = REFUSED_NODES[kind];
     if (refused !== undefined) unsupported(refused);
+    // Simple ones were merged (flatten.ts); what is left says why it was not.
+    if (kind === "RangeSubselect") unsupported(subqueryInFromReason(node, facts.aggregates) ?? "subquery in FROM");
     if (kind === "JoinExpr") {
       const jt = String(node["jointype"]);
       if (jt !== "JOIN_INNER") {
