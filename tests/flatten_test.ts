@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { describeQuery } from "../engine/query.ts";
-import { planQuery } from "../engine/refresh/differential/differential.ts";
+import { flattenQuery, planQuery } from "../engine/refresh/differential/differential.ts";
 import { freshTestDatabase, type Sql } from "./support/oracle.ts";
 
 async function plan(sql: Sql, query: string) {
@@ -62,6 +62,40 @@ Deno.test({
         }
       });
 
+      await t.step("the rewrite returns the query's rows, outer joins included", async () => {
+        await sql.unsafe(`
+          INSERT INTO t SELECT i, i % 4, CASE WHEN i % 5 = 0 THEN NULL ELSE i % 7 END, 's' || (i % 3)
+          FROM generate_series(1, 40) i;
+          INSERT INTO u SELECT i, CASE WHEN i % 6 = 0 THEN NULL ELSE i % 45 END, i % 9 FROM generate_series(1, 30) i;`);
+        const queries = [
+          "SELECT x.id, x.v2 FROM (SELECT id, v * 2 AS v2 FROM t WHERE v > 1) x",
+          "SELECT u.id, x.v FROM u LEFT JOIN (SELECT id, v FROM t WHERE v > 2) x ON u.t_id = x.id",
+          "SELECT u.id, x.v FROM u LEFT JOIN (SELECT t.id, t.v, u.w FROM t JOIN u ON u.t_id = t.id WHERE t.v > 2) x " +
+          "ON u.w = x.v",
+          "SELECT u.id, y.v FROM u JOIN (t JOIN (SELECT id, v FROM t WHERE v > 0) y ON y.id = t.g) ON u.t_id = t.id",
+          "SELECT x.g, count(*) AS c FROM (SELECT g, v FROM t WHERE s = 's1') x GROUP BY x.g ORDER BY g",
+          "WITH a AS (SELECT id, g FROM t WHERE v > 1), b AS (SELECT a.id FROM a WHERE a.g > 0) " +
+          "SELECT a.id, b.id AS bid FROM a JOIN b ON a.id = b.id + 1",
+          "SELECT * FROM (SELECT id, v FROM t) x(a, b) WHERE b IS NULL",
+          "SELECT id, v FROM (SELECT id, v FROM t WHERE v > 1) x UNION ALL SELECT id, w FROM (SELECT id, w FROM u) y",
+        ];
+        for (const query of queries) {
+          const description = await describeQuery(sql as never, query);
+          const flat = await flattenQuery(sql as never, {
+            query,
+            aggregates: new Set(),
+            sources: description.sources,
+          });
+          assert.ok(!/\(\s*SELECT/i.test(flat), `${query}\n=> ${flat}`);
+          const [row] = await sql.unsafe(`SELECT
+            (SELECT count(*) FROM ((${query}) EXCEPT ALL (${flat})) a)
+              + (SELECT count(*) FROM ((${flat}) EXCEPT ALL (${query})) b) AS n,
+            (SELECT count(*) FROM (${query}) q) AS rows`);
+          assert.equal(Number(row!["n"]), 0, `${query}\n=> ${flat}`);
+          assert.ok(Number(row!["rows"]) > 0, query);
+        }
+      });
+
       await t.step("not merged: the reason names the construct", async () => {
         const cases: [string, string][] = [
           ["SELECT x.g FROM (SELECT g, count(*) AS c FROM t GROUP BY g) x", "subquery in FROM with GROUP BY"],
@@ -81,6 +115,15 @@ Deno.test({
           [
             "SELECT t.id, x.n FROM t, LATERAL (SELECT u.w AS n FROM u WHERE u.t_id = t.id) x",
             "LATERAL subquery in FROM",
+          ],
+          [
+            "SELECT x.id, u.w FROM (SELECT id FROM t WHERE v > 0) x LEFT JOIN u ON u.t_id = x.id",
+            "subquery in FROM with WHERE as the left operand of a LEFT JOIN",
+          ],
+          ["SELECT x.id FROM (SELECT * FROM t) x", "subquery in FROM with * in its select list"],
+          [
+            "SELECT x.g FROM (SELECT id, g FROM t) x JOIN u USING (id)",
+            "subquery in FROM joined with USING or NATURAL",
           ],
         ];
         for (const [query, reason] of cases) {

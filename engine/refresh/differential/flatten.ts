@@ -14,7 +14,7 @@ import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent } from "../../../db/identifiers.ts";
 import { inRolledBackTransaction } from "../../rolled_back.ts";
 import type { SourceRef } from "../../plan.ts";
-import { unsupported } from "./diff_plan.ts";
+import { Unsupported, unsupported } from "./diff_plan.ts";
 import { mergeSubquery } from "./flatten_merge.ts";
 import { child, funcName, list, names, type Node, QueryText, walk } from "./query_reading.ts";
 
@@ -46,9 +46,16 @@ export async function flattenQuery(
   let query = args.query;
   // Each step removes a WITH query or a subquery, or renames names that no later step renames again.
   for (let step = 0; step < 200; step++) {
-    const text = new QueryText(query);
-    const root = parseRoot(query);
-    const next = inlineWith(text, root) ?? mergeNext(text, root, args);
+    let next: string | null;
+    try {
+      const text = new QueryText(query);
+      const root = parseRoot(query);
+      next = inlineWith(text, root) ?? mergeNext(text, root, args);
+    } catch (e) {
+      // A rewrite the parser does not take is a shape not foreseen here: FULL, never a failed creation.
+      if (e instanceof Unsupported) throw e;
+      unsupported(`query shape not recognised (flattening: ${e instanceof Error ? e.message : String(e)})`);
+    }
     if (next === null) {
       if (query !== args.query) await checkSameColumns(sql, args.query, query);
       return query;
@@ -65,13 +72,20 @@ function parseRoot(query: string): Node {
   return root!;
 }
 
-/** The SELECT statements of a tree, outermost first. */
+/** The SELECT statements of a tree, outermost first, set operations' operands included. */
 export function selects(root: unknown): Node[] {
   const out: Node[] = [];
   walk(root, (kind, node) => {
-    if (kind === "SelectStmt") out.push(node);
+    if (kind === "SelectStmt") out.push(...withOperands(node));
   });
   return out;
+}
+
+/** A SELECT and, for a set operation, its operands (`larg`, `rarg`: not wrapped in a SelectStmt key). */
+function withOperands(stmt: Node): Node[] {
+  const larg = child(stmt, "larg");
+  const rarg = child(stmt, "rarg");
+  return [stmt, ...(larg === undefined ? [] : withOperands(larg)), ...(rarg === undefined ? [] : withOperands(rarg))];
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -208,7 +222,8 @@ function allExposedNames(node: unknown, skip: Node | null): Set<string> {
   const out = new Set<string>();
   walk(node, (kind, n) => {
     if (n === skip) return false;
-    if (kind === "SelectStmt") { for (const name of exposedNames(list(n, "fromClause"))) out.add(name); }
+    if (kind !== "SelectStmt") return;
+    for (const stmt of withOperands(n)) for (const name of exposedNames(list(stmt, "fromClause"))) out.add(name);
   });
   return out;
 }
