@@ -1,7 +1,7 @@
 /**
  * TPC-H through the running service (main.ts in its own process, HTTP timed by the client): the 22 queries of
- * tests/support/tpch_queries.ts created in AUTO mode over TPC-H at scale factor 0.1 (15,000 customers, 150,000
- * orders, about 600,000 lineitems, 1,000 suppliers, 20,000 parts, 80,000 partsupp; tests/support/tpch.ts). For each
+ * tests/support/tpch_queries.ts created in AUTO mode over TPC-H at scale factor 0.2 (30,000 customers, 300,000
+ * orders, about 1.2 million lineitems, 2,000 suppliers, 40,000 parts, 160,000 partsupp; tests/support/tpch.ts). For each
  * query the engine maintains DIFFERENTIAL: committed refreshes after 1,000 changed rows (800 lineitems, 200 orders),
  * several in a row (median), against a FULL refresh of the same stream table after the same changes (mode switched
  * to FULL with PATCH, not timed) and against the bare recompute of the query, all in one run. Then the query at the
@@ -17,7 +17,7 @@ import { createTpch } from "../tests/support/tpch.ts";
 import { TPCH_QUERIES } from "../tests/support/tpch_queries.ts";
 import { type BenchOptions, checkpoint, exec, type Figure, median, timeMs } from "./support.ts";
 
-const SCALE = { customers: 15_000, orders: 150_000, suppliers: 1_000, parts: 20_000 };
+const SCALE = { customers: 30_000, orders: 300_000, suppliers: 2_000, parts: 40_000 };
 /** Committed DIFFERENTIAL refreshes per query, and FULL ones. */
 const DIFF_RUNS = 5;
 const FULL_RUNS = 3;
@@ -37,7 +37,7 @@ export async function runTpchBench(opts: BenchOptions): Promise<Figure[]> {
   const procs: ServiceProcess[] = [];
   const figures: Figure[] = [];
   try {
-    opts.progress(`tpch: generating scale factor 0.1 (${SCALE.orders} orders)`);
+    opts.progress(`tpch: generating scale factor 0.2 (${SCALE.orders} orders)`);
     await createTpch(db.sql as never, new Rng(19920101), SCALE);
     const svc = await spawnService({ databaseUrl: db.url, env: { TRICKLE_LOG_LEVEL: "warn" } });
     procs.push(svc);
