@@ -51,6 +51,7 @@ Deno.test({
             "rows",
           ]],
           ["WITH x AS MATERIALIZED (SELECT id FROM t) SELECT id FROM x", ["rows"]],
+          ["WITH x AS (TABLE t) SELECT id FROM x WHERE g > 1", ["rows"]],
           ["SELECT t.id, x.id AS xid FROM t JOIN (SELECT t.id, t.g FROM t WHERE t.v > 5) x ON x.g = t.id", ["rows"]],
         ];
         for (const [query, expected] of cases) {
@@ -84,6 +85,10 @@ Deno.test({
           "SELECT x.*, u.w FROM (SELECT id, v + 1 AS v1, upper(s) FROM t) x, u WHERE u.t_id = x.id",
           "WITH m AS MATERIALIZED (SELECT g, v FROM t) SELECT m.g, sum(m.v) AS sv FROM m GROUP BY m.g",
           "SELECT x.v AS g, x.g AS v FROM (SELECT g, v FROM t WHERE id > 3) x ORDER BY v",
+          // * in the subquery: the tables' columns, from the query's description.
+          "WITH a AS (SELECT * FROM t) SELECT id, s FROM a WHERE g > 1",
+          "SELECT * FROM (SELECT t.*, u.w FROM t JOIN u ON u.t_id = t.id) x(a) WHERE x.a > 2",
+          "SELECT x.v, x.w FROM (SELECT * FROM t, u WHERE u.t_id = t.g) x",
         ];
         for (const query of queries) {
           const description = await describeQuery(sql as never, query);
@@ -126,7 +131,7 @@ Deno.test({
             "SELECT x.id, u.w FROM (SELECT id FROM t WHERE v > 0) x LEFT JOIN u ON u.t_id = x.id",
             "subquery in FROM with WHERE as the left operand of a LEFT JOIN",
           ],
-          ["SELECT x.id FROM (SELECT * FROM t) x", "subquery in FROM with * in its select list"],
+          ["SELECT x.id FROM (SELECT * FROM t JOIN u USING (id)) x", "subquery in FROM with * in its select list"],
           [
             "SELECT x.g FROM (SELECT id, g FROM t) x JOIN u USING (id)",
             "subquery in FROM joined with USING or NATURAL",

@@ -246,7 +246,7 @@ function mergeNext(
       outside.add(String(child(range, "alias")?.["aliasname"] ?? ""));
       const clashes = exposedNames(list(s, "fromClause")).filter((n) => outside.has(n));
       if (clashes.length > 0) return renameInner(text, { root, s, clashes });
-      return mergeSubquery(text, { owner, range, path });
+      return mergeSubquery(text, { owner, range, path, sources: args.sources });
     }
   }
   return null;
@@ -354,7 +354,7 @@ function qualifyEdits(text: QueryText, block: Node, skip: Node | null, sources: 
 }
 
 /** A table reference's column names (column aliases applied), from the query's description; null if unknown. */
-function columnsOf(rv: Node, sources: SourceRef[]): string[] | null {
+export function columnsOf(rv: Node, sources: SourceRef[]): string[] | null {
   const schema = rv["schemaname"];
   const found = sources.filter((s) => s.name === rv["relname"] && (schema === undefined || s.schema === schema));
   if (found.length !== 1) return null;
@@ -363,7 +363,7 @@ function columnsOf(rv: Node, sources: SourceRef[]): string[] | null {
 }
 
 /** The RangeVars of FROM items, joins looked through (not into subqueries). */
-function declaringRangeVars(fromItems: Node[]): Node[] {
+export function declaringRangeVars(fromItems: Node[]): Node[] {
   const out: Node[] = [];
   const visit = (item: Node) => {
     const rv = child(item, "RangeVar");

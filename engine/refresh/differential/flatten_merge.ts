@@ -6,7 +6,8 @@
  */
 import { quoteIdent } from "../../../db/identifiers.ts";
 import { unsupported } from "./diff_plan.ts";
-import { applyEdits, type Edit, exposedNames, type JoinStep } from "./flatten.ts";
+import type { SourceRef } from "../../plan.ts";
+import { applyEdits, columnsOf, declaringRangeVars, type Edit, exposedNames, type JoinStep } from "./flatten.ts";
 import { child, CLAUSE_END, list, names, type Node, type QueryText, walk } from "./query_reading.ts";
 
 /** A column the subquery outputs: its name (null when PostgreSQL would invent one) and its expression. */
@@ -19,7 +20,10 @@ interface Output {
 const JOIN_WORDS = new Set(["join", "inner", "left", "right", "full", "cross", "natural", "on", "using"]);
 
 /** The query text with the subquery `range` merged into `owner`. */
-export function mergeSubquery(text: QueryText, args: { owner: Node; range: Node; path: JoinStep[] }): string {
+export function mergeSubquery(
+  text: QueryText,
+  args: { owner: Node; range: Node; path: JoinStep[]; sources: SourceRef[] },
+): string {
   const { owner, range, path } = args;
   const s = child(child(range, "subquery"), "SelectStmt")!;
   const alias = child(range, "alias");
@@ -51,7 +55,7 @@ export function mergeSubquery(text: QueryText, args: { owner: Node; range: Node;
     if (!text.isKeyword(fromEnd, "where")) unsupported("query shape not recognised (subquery's WHERE)");
     where = text.range(fromEnd + 1, text.clauseEnd(fromEnd + 1, CLAUSE_END));
   }
-  const outputs = subqueryOutputs(text, { s, alias, firstTarget, fromKw });
+  const outputs = subqueryOutputs(text, { s, alias, firstTarget, fromKw, sources: args.sources });
 
   const edits: Edit[] = [];
   // FROM items: spliced into a comma list, or as one join operand (commas become CROSS JOIN) inside a join.
@@ -73,18 +77,18 @@ export function mergeSubquery(text: QueryText, args: { owner: Node; range: Node;
 /** The subquery's output columns: names (column aliases applied) and expressions (`AS name` removed). */
 function subqueryOutputs(
   text: QueryText,
-  args: { s: Node; alias: Node; firstTarget: number; fromKw: number },
+  args: { s: Node; alias: Node; firstTarget: number; fromKw: number; sources: SourceRef[] },
 ): Output[] {
   const targetList = list(args.s, "targetList");
   const items = text.splitCommas(args.firstTarget, args.fromKw);
   if (items.length !== targetList.length) unsupported("query shape not recognised (subquery's select list)");
   const aliases = names(list(args.alias, "colnames"));
-  return items.map(([a, b], i) => {
+  const outputs = items.flatMap(([a, b], i): Output[] => {
     const rt = child(targetList[i], "ResTarget")!;
     const val = child(rt, "val");
     const ref = child(val, "ColumnRef");
     if (ref !== undefined && child(list(ref, "fields").at(-1), "A_Star") !== undefined) {
-      unsupported("subquery in FROM with * in its select list");
+      return starOutputs(args.s, names(list(ref, "fields").slice(0, -1)), args.sources);
     }
     let end = b;
     if (rt["name"] !== undefined) {
@@ -102,8 +106,35 @@ function subqueryOutputs(
       : call !== undefined
       ? names(list(call, "funcname")).at(-1)!
       : null;
-    return { name: aliases[i] ?? figured, expr: simple ? expr : `(${expr})` };
+    return [{ name: figured, expr: simple ? expr : `(${expr})` }];
   });
+  return outputs.map((o, i) => ({ name: aliases[i] ?? o.name, expr: o.expr }));
+}
+
+/**
+ * `*` or `x.*` in the subquery's select list: the columns of its tables, from the query's description. Refused where
+ * they are not known (another subquery, a function) or a USING/NATURAL join merges columns.
+ */
+function starOutputs(s: Node, qualifier: string[], sources: SourceRef[]): Output[] {
+  if (qualifier.length > 1) unsupported("subquery in FROM with * in its select list");
+  let merged = false;
+  walk(list(s, "fromClause"), (kind, node) => {
+    if (kind === "JoinExpr" && (node["isNatural"] === true || list(node, "usingClause").length > 0)) merged = true;
+  });
+  const rangeVars = declaringRangeVars(list(s, "fromClause"));
+  const items = list(s, "fromClause");
+  const onlyTables = exposedNames(items).length === rangeVars.length;
+  if (qualifier.length === 0 && (merged || !onlyTables)) unsupported("subquery in FROM with * in its select list");
+  const out: Output[] = [];
+  for (const rv of rangeVars) {
+    const exposed = String(child(rv, "alias")?.["aliasname"] ?? rv["relname"]);
+    if (qualifier.length === 1 && qualifier[0] !== exposed) continue;
+    const columns = columnsOf(rv, sources);
+    if (columns === null) unsupported("subquery in FROM with * in its select list");
+    out.push(...columns.map((c) => ({ name: c, expr: `${quoteIdent(exposed)}.${quoteIdent(c)}` })));
+  }
+  if (out.length === 0) unsupported("subquery in FROM with * in its select list");
+  return out;
 }
 
 /**
