@@ -5,7 +5,7 @@
  *
  *   deno task bench                          all benchmarks
  *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster,
- *                                            snapshots, planner, partition
+ *                                            snapshots, planner, partition, tpch
  *   BENCH_CLUSTER_SECONDS=10 deno task bench --only cluster   a quick cluster run (default 60 s)
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
@@ -21,6 +21,7 @@ import { runSnapshotsBench } from "./snapshots_bench.ts";
 import { runClusterBench } from "./cluster_bench.ts";
 import { runPlannerBench } from "./planner_bench.ts";
 import { runPartitionBench } from "./partition_bench.ts";
+import { runTpchBench } from "./tpch_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
 /** Each suite creates its own fresh databases on the server and returns its figures. */
@@ -34,6 +35,7 @@ const SUITES = {
   snapshots: runSnapshotsBench,
   planner: runPlannerBench,
   partition: runPartitionBench,
+  tpch: runTpchBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

@@ -72,6 +72,32 @@ const CASES: OracleCase[] = [
     query: "SELECT g AS key, count(*) AS c FROM a GROUP BY g UNION ALL SELECT id, w FROM b " +
       "UNION ALL SELECT DISTINCT k2, 0 FROM b UNION ALL SELECT b.id, sum(c.x) FROM b JOIN c ON c.id1 = b.k2 GROUP BY b.id",
   },
+  // Subqueries in FROM and WITH, flattened before planning (flatten.ts).
+  {
+    name: "subquery_from",
+    query: "SELECT x.id, x.v2 FROM (SELECT id, v * 2 AS v2, s FROM a WHERE v > 10) x WHERE x.s > 'x'",
+  },
+  { name: "subquery_join", query: "SELECT x.id, b.name FROM (SELECT id, k FROM a WHERE g > 2) x JOIN b ON x.k = b.id" },
+  {
+    name: "subquery_group",
+    query:
+      "SELECT x.name, count(*) AS c, sum(x.v) AS sv FROM (SELECT b.name, a.v FROM a JOIN b ON a.k = b.id) x GROUP BY x.name",
+  },
+  {
+    name: "subquery_nested",
+    query:
+      "SELECT y.id, y.w2 FROM (SELECT x.id, x.w * 2 AS w2 FROM (SELECT id, w FROM b WHERE w > 1) x WHERE x.id > 2) y",
+  },
+  {
+    name: "cte_twice",
+    query:
+      "WITH big AS (SELECT id, k, v FROM a WHERE v > 20) SELECT p.id AS pid, q.v FROM big p JOIN big q ON p.k = q.id",
+  },
+  {
+    name: "cte_join",
+    query:
+      "WITH ab AS (SELECT a.id, a.g, b.name FROM a JOIN b ON a.k = b.id) SELECT g, name, count(*) AS c FROM ab GROUP BY g, name",
+  },
   {
     name: "st_over_st",
     query: "SELECT name, count(*) AS c, sum(v) AS sv, max(id) AS mx FROM st_join GROUP BY name",

@@ -141,14 +141,14 @@ Deno.test({
 
       await t.step("unsupported queries name the construct", async () => {
         const cases: [string, string][] = [
-          ["SELECT x.id FROM (SELECT id FROM t) x", "subquery in FROM"],
+          ["SELECT x.g FROM (SELECT g, count(*) AS c FROM t GROUP BY g) x", "subquery in FROM with GROUP BY"],
           ["SELECT a, b FROM nokey", "source without primary key (public.nokey)"],
           ["SELECT id, random() AS r FROM t", "volatile function random()"],
           ["SELECT id, nextval('seq') AS n FROM t", "volatile function nextval()"],
           ["SELECT id FROM t UNION SELECT id FROM u", "UNION without ALL"],
           ["SELECT id FROM t INTERSECT SELECT id FROM u", "INTERSECT"],
           ["SELECT id FROM t EXCEPT SELECT id FROM u", "EXCEPT"],
-          ["WITH x AS (SELECT id FROM t) SELECT id FROM x", "WITH (common table expression)"],
+          ["WITH RECURSIVE x AS (SELECT id FROM t) SELECT id FROM x", "WITH RECURSIVE"],
           ["SELECT g, count(*) AS c FROM t GROUP BY ROLLUP (g)", "GROUPING SETS, ROLLUP or CUBE"],
           [
             "SELECT id, generate_series(1, 2) AS n FROM t",

@@ -96,7 +96,8 @@ Deno.test({
           }),
           201,
         );
-        assert.equal(st.effective_refresh_mode, "FULL");
+        // Inlined (flatten.ts): it reads t, maintained differentially.
+        assert.equal(st.effective_refresh_mode, "DIFFERENTIAL");
         // A query that reads no table at all is still told so.
         const none = await s.request("POST", "/stream-tables", { name: "nothing", query: "SELECT 1 AS one" });
         await problem(none, 422, "InvalidQuery", /reads no table/);

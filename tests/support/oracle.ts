@@ -113,6 +113,8 @@ export interface RefreshRecord {
 /** A stream table created and refreshed by the engine, checking the oracle on every refresh (in public). */
 export class StreamTableUnderTest {
   refreshes: RefreshRecord[] = [];
+  /** Why the engine chose FULL (AUTO), else null. */
+  fallbackReason: string | null = null;
   private constructor(
     readonly oracle: OracleEngine,
     readonly pgtId: number,
@@ -125,7 +127,7 @@ export class StreamTableUnderTest {
   /** Creates the stream table through the engine (its initial refresh checked too); DIFFERENTIAL must be granted. */
   static async create(
     oracle: OracleEngine,
-    opts: { name: string; query: string; mode: Mode },
+    opts: { name: string; query: string; mode: Mode | "AUTO" },
   ): Promise<StreamTableUnderTest> {
     oracle.watch(opts.name, opts.query);
     const row = await createStreamTable(oracle.ctx, {
@@ -135,10 +137,13 @@ export class StreamTableUnderTest {
       refreshMode: opts.mode,
       freshnessDeadlineMs: null,
     });
-    if (row.effective_refresh_mode !== opts.mode) {
+    if (opts.mode !== "AUTO" && row.effective_refresh_mode !== opts.mode) {
       throw new Error(`"${opts.name}" is ${row.effective_refresh_mode}, not ${opts.mode}: ${row.fallback_reason}`);
     }
-    const st = new StreamTableUnderTest(oracle, row.pgt_id, opts.name, opts.query, opts.mode, row.plan);
+    // AUTO: the mode the engine chose.
+    const mode = row.effective_refresh_mode as Mode;
+    const st = new StreamTableUnderTest(oracle, row.pgt_id, opts.name, opts.query, mode, row.plan);
+    st.fallbackReason = row.fallback_reason;
     const [initial] = await oracle.sql<RefreshRecord[]>`
       SELECT action, rows_inserted::int AS inserted, rows_deleted::int AS deleted, delta_rows::int AS "deltaRows"
       FROM pgtrickle.pgt_refresh_history WHERE pgt_id = ${row.pgt_id} AND initiated_by = 'CREATE'`;

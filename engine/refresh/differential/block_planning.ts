@@ -7,6 +7,7 @@ import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent, quoteQualified } from "../../../db/identifiers.ts";
 import type { QueryDescription } from "../../plan.ts";
 import { type BlockData, type RefData, type Segment, type SourceData, unsupported } from "./diff_plan.ts";
+import { subqueryInFromReason } from "./flatten.ts";
 import type { FunctionFacts } from "./functions.ts";
 import { child, CLAUSE_END, funcName, list, names, type Node, type QueryText, walk } from "./query_reading.ts";
 import { planPartition } from "./partition_planning.ts";
@@ -44,7 +45,7 @@ export interface Clauses {
 /** Plans one simple SELECT: its references, clauses, outputs, grouping, and strategy. */
 export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<BlockData> {
   const { text, leaf, facts } = input;
-  const { fromClause, distinct, distinctOn } = checkBlock(leaf);
+  const { fromClause, distinct, distinctOn } = checkBlock(leaf, facts);
   const { rangeVars, refs, refColumns, usingJoin } = await tableReferences(sql, { fromClause, input });
   const clauses = cutClauses(text, { leaf, rangeVars });
   const { targets, targetNodes } = outputExpressions(text, { leaf, clauses, refColumns, usingJoin });
@@ -103,7 +104,7 @@ export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<Block
 }
 
 /** Refuses what a block may not contain; returns its FROM list and whether it is DISTINCT (or DISTINCT ON). */
-function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean; distinctOn: boolean } {
+function checkBlock(leaf: Node, facts: FunctionFacts): { fromClause: Node[]; distinct: boolean; distinctOn: boolean } {
   if (list(leaf, "valuesLists").length > 0) unsupported("VALUES");
   if (list(leaf, "windowClause").length > 0) unsupported("WINDOW clause");
   if (leaf["intoClause"] !== undefined) unsupported("SELECT INTO");
@@ -121,7 +122,7 @@ function checkBlock(leaf: Node): { fromClause: Node[]; distinct: boolean; distin
       if (kind === "SubLink") unsupported(`subquery in ${key === "groupClause" ? "GROUP BY" : "ORDER BY or LIMIT"}`);
     });
   }
-  checkConstructs(leaf);
+  checkConstructs(leaf, facts);
   return { fromClause, distinct, distinctOn };
 }
 
@@ -272,7 +273,6 @@ function groupKeys(
 }
 
 const REFUSED_NODES: Record<string, string> = {
-  RangeSubselect: "subquery in FROM",
   RangeFunction: "function in FROM",
   RangeTableSample: "TABLESAMPLE",
   RangeTableFunc: "XMLTABLE in FROM",
@@ -280,10 +280,12 @@ const REFUSED_NODES: Record<string, string> = {
   GroupingFunc: "GROUPING SETS, ROLLUP or CUBE",
 };
 
-function checkConstructs(leaf: Node): void {
+function checkConstructs(leaf: Node, facts: FunctionFacts): void {
   walk(leaf, (kind, node) => {
     const refused = REFUSED_NODES[kind];
     if (refused !== undefined) unsupported(refused);
+    // Simple ones were merged (flatten.ts); what is left says why it was not.
+    if (kind === "RangeSubselect") unsupported(subqueryInFromReason(node, facts.aggregates) ?? "subquery in FROM");
     if (kind === "JoinExpr") {
       const jt = String(node["jointype"]);
       if (!["JOIN_INNER", "JOIN_LEFT", "JOIN_RIGHT", "JOIN_FULL"].includes(jt)) unsupported(`join type ${jt}`);

@@ -21,7 +21,8 @@
  *
  * Everything in the plan is JSON (stored in the catalog); SQL is assembled at refresh time from the plan's pieces.
  *
- * This is the folder's one public module. Inside: query_reading.ts (parse tree and tokens), planning.ts,
+ * This is the folder's one public module. Inside: query_reading.ts (parse tree and tokens), flatten.ts and
+ * flatten_merge.ts (WITH queries and simple subqueries in FROM rewritten away before planning), planning.ts,
  * block_planning.ts, partition_planning.ts and sublink_planning.ts (what is supported, and how), functions.ts (what
  * the query's functions allow), diff_plan.ts (the stored plan), delta_sql.ts and strategies/ (the SQL, free of any
  * apply step), apply.ts (running it).
@@ -29,4 +30,5 @@
 export { applyDifferential, type ApplyOptions, type ApplyResult } from "./apply.ts";
 export type { DiffPlan } from "./diff_plan.ts";
 export { planNotes } from "./diff_plan.ts";
+export { flattenQuery } from "./flatten.ts";
 export { type PlanInput, planQuery } from "./planning.ts";

@@ -12,6 +12,7 @@ import { fullOnlyPlan } from "../full.ts";
 import { planBlock } from "./block_planning.ts";
 import type { Deltas } from "./delta_sql.ts";
 import { type BlockData, type DiffPlan, PART, ROW_ID, type SourceData, Unsupported, unsupported } from "./diff_plan.ts";
+import { flattenQuery } from "./flatten.ts";
 import { type FunctionFacts, functionFacts } from "./functions.ts";
 import { child, expandTableCommands, list, type Node, QueryText } from "./query_reading.ts";
 import { algebraicHiddenColumns } from "./strategies/algebraic.ts";
@@ -39,18 +40,25 @@ export async function planQuery(sql: Sql | Tx, input: PlanInput): Promise<QueryP
 }
 
 async function buildPlan(sql: Sql | Tx, original: string, description: QueryDescription): Promise<QueryPlan> {
-  const query = expandTableCommands(original);
-  const text = new QueryText(query);
+  const expanded = expandTableCommands(original);
   // The tree describeQuery parsed, unless `TABLE name` was spelled out (new text, new locations).
-  const stmt = query === original ? description.tree : reparse(query);
-  if (stmt["withClause"] !== undefined) unsupported("WITH (common table expression)");
+  const expandedTree = expanded === original ? description.tree : reparse(expanded);
+  // Flattening moves function calls without adding any: the facts of the user's query hold for the rewrite.
+  const facts = await functionFacts(sql, expandedTree);
+  refuseFunctions(facts);
+  // WITH queries and simple subqueries in FROM are rewritten away (flatten.ts); the plan is made from the rewrite.
+  const query = await flattenQuery(sql, {
+    query: expanded,
+    aggregates: facts.aggregates,
+    sources: description.sources,
+  });
+  const text = new QueryText(query);
+  const stmt = query === expanded ? expandedTree : reparse(query);
   const leaves = unionLeaves(stmt);
   // A simple SELECT may end in ORDER BY ... LIMIT (top-k, planned with its block); a UNION ALL may not.
   if (leaves.length > 1) checkSetOperationTop(stmt);
   else if (list(stmt, "lockingClause").length > 0) unsupported("FOR UPDATE/SHARE");
   const union = leaves.length > 1;
-  const facts = await functionFacts(sql, stmt);
-  refuseFunctions(facts);
 
   const sources: SourceData[] = [];
   const blocks: BlockData[] = [];
