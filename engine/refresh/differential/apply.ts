@@ -10,6 +10,7 @@ import { deltaFilter } from "../../cdc.ts";
 import type { QueryPlan } from "../../plan.ts";
 import type { Deltas } from "./delta_sql.ts";
 import type { DiffPlan, SourceData } from "./diff_plan.ts";
+import { setOperationWriteStatement } from "./set_operations.ts";
 import { strategyOf } from "./strategies/strategy.ts";
 import { createDeltaTable } from "./temp_tables.ts";
 
@@ -101,9 +102,12 @@ async function applyChanges(
     await tx.unsafe(`ANALYZE ${name}`);
     deltas.tables.set(Number(i), name);
   }
-  for (const block of plan.blocks) {
-    if (!block.refs.some((r) => deltas.tables.has(r.source))) continue;
-    const statement = strategyOf(block).writeStatement(block, plan, { target, deltas });
+  // A set operation other than UNION ALL is one statement over all its branches (set_operations.ts).
+  const statements = plan.setOperation
+    ? (deltas.tables.size > 0 ? [setOperationWriteStatement(plan, { target, deltas })] : [])
+    : plan.blocks.filter((block) => block.refs.some((r) => deltas.tables.has(r.source)))
+      .map((block) => strategyOf(block).writeStatement(block, plan, { target, deltas }));
+  for (const statement of statements) {
     const [row] = await tx.unsafe<{ inserted: number; updated: number; deleted: number }[]>(statement, params);
     // An update counts as a deleted and an inserted row, so that inserted - deleted is the change in row count.
     result.inserted += Number(row!.inserted) + Number(row!.updated);

@@ -62,6 +62,17 @@ export interface SourceData {
   key: string[];
 }
 
+/**
+ * A tree of set operations over the blocks (set_operations.ts): a leaf is a block's index. Absent or null when the
+ * query is one block or a UNION ALL of blocks, each maintained on its own.
+ */
+export type SetNode = { leaf: number } | {
+  op: "union" | "intersect" | "except";
+  all: boolean;
+  left: SetNode;
+  right: SetNode;
+};
+
 /** The `differential` field of a QueryPlan the planner produces. */
 export interface DiffPlan {
   version: 1;
@@ -72,6 +83,8 @@ export interface DiffPlan {
   types: string[];
   /** Visible columns whose type has no equality operator: consolidated by their text form. */
   textCompared: boolean[];
+  /** Set operations other than UNION ALL: the whole tree is maintained by value (set_operations.ts). */
+  setOperation?: SetNode | null;
 }
 
 /** The engine's row identity column on every differentially maintained stream table. */

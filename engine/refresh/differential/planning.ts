@@ -1,6 +1,6 @@
 /**
  * Planning: whether a defining query is maintained differentially, and how. The query is read (query_reading.ts),
- * refused with the construct's name when the engine cannot maintain it, cut into blocks (one per UNION ALL branch,
+ * refused with the construct's name when the engine cannot maintain it, cut into blocks (one per set-operation branch,
  * block_planning.ts), each given a strategy; the SQL every refresh will run is then checked against the database.
  */
 import { loadModule, parseSync } from "libpg-query";
@@ -14,6 +14,13 @@ import type { Deltas } from "./delta_sql.ts";
 import { type BlockData, type DiffPlan, ROW_ID, type SourceData, Unsupported, unsupported } from "./diff_plan.ts";
 import { type FunctionFacts, functionFacts } from "./functions.ts";
 import { child, expandTableCommands, list, type Node, QueryText } from "./query_reading.ts";
+import {
+  readSetOperations,
+  setOperationChangeQueries,
+  setOperationFullSelect,
+  setOperationHiddenColumns,
+  setOperationIndexes,
+} from "./set_operations.ts";
 import { algebraicHiddenColumns } from "./strategies/algebraic.ts";
 import { strategyOf } from "./strategies/strategy.ts";
 import { createDeltaTable } from "./temp_tables.ts";
@@ -46,7 +53,7 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   if (stmt["withClause"] !== undefined) unsupported("WITH (common table expression)");
   checkSetOperationTop(stmt);
 
-  const leaves = unionLeaves(stmt);
+  const { leaves, tree } = readSetOperations(stmt, checkSetOperationSide);
   const union = leaves.length > 1;
   const facts = await functionFacts(sql, stmt);
   refuseFunctions(facts);
@@ -68,6 +75,18 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   if (!union && top.strategy === "algebraic") hiddenColumns.push(...algebraicHiddenColumns(top.algebraic!));
   const diff: DiffPlan = { version: 1, sources, blocks, columns, types, textCompared: [] };
   diff.textCompared = await textComparedColumns(sql, types);
+  if (tree !== null) {
+    diff.setOperation = tree;
+    return {
+      unsupportedReason: null,
+      columns: description.columns,
+      hiddenColumns: setOperationHiddenColumns(tree),
+      uniqueKey: [ROW_ID],
+      indexes: setOperationIndexes(tree),
+      fullSelect: setOperationFullSelect(diff),
+      differential: diff,
+    };
+  }
   return {
     unsupportedReason: null,
     columns: description.columns,
@@ -104,20 +123,10 @@ function checkSetOperationTop(stmt: Node): void {
   if (stmt["limitCount"] !== undefined || stmt["limitOffset"] !== undefined) unsupported("LIMIT/OFFSET");
 }
 
-/** The simple SELECTs under a tree of UNION ALL; refuses other set operations. */
-function unionLeaves(stmt: Node): Node[] {
-  const op = stmt["op"];
-  if (op === undefined || op === "SETOP_NONE") return [stmt];
-  if (op === "SETOP_UNION" && stmt["all"] !== true) unsupported("UNION without ALL");
-  if (op === "SETOP_INTERSECT") unsupported("INTERSECT");
-  if (op === "SETOP_EXCEPT") unsupported("EXCEPT");
-  const larg = child(stmt, "larg")!;
-  const rarg = child(stmt, "rarg")!;
-  for (const side of [larg, rarg]) {
-    checkSetOperationTop(side);
-    if (side["withClause"] !== undefined) unsupported("WITH (common table expression)");
-  }
-  return [...unionLeaves(larg), ...unionLeaves(rarg)];
+/** What a set operation's branch may not carry. */
+function checkSetOperationSide(side: Node): void {
+  checkSetOperationTop(side);
+  if (side["withClause"] !== undefined) unsupported("WITH (common table expression)");
 }
 
 /** Visible columns whose type cannot be grouped (no equality operator); they are compared as text. */
@@ -150,9 +159,10 @@ async function probe(sql: Sql | Tx, plan: QueryPlan): Promise<void> {
       }
       // Generated from the plan: the defining query's own clauses (SQL by design) and quoted catalog names.
       await tx.unsafe(`EXPLAIN SELECT * FROM (${plan.fullSelect}) s`);
-      for (const block of diff.blocks) {
-        for (const q of strategyOf(block).changeQueries(block, diff, deltas)) await tx.unsafe(`EXPLAIN ${q}`);
-      }
+      const queries = diff.setOperation
+        ? setOperationChangeQueries(diff, deltas)
+        : diff.blocks.flatMap((block) => strategyOf(block).changeQueries(block, diff, deltas));
+      for (const q of queries) await tx.unsafe(`EXPLAIN ${q}`);
     });
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);

@@ -1,0 +1,192 @@
+/**
+ * Set operations (UNION, INTERSECT, EXCEPT, their ALL forms, and any tree of them with UNION ALL), maintained by
+ * value: whether and how often a row value r appears in the result depends only on how often r appears in each
+ * branch. A refresh finds the values the delta touches (each branch's changed rows projected to the output, old and
+ * new; for an aggregated branch the old and new output rows of the groups the delta touches), recomputes the set
+ * operation with every branch restricted to those values (`hash(row) IN (touched)`: exact, since equal rows hash
+ * equally and a colliding untouched value is recomputed to what it already is), deletes the stored rows of touched
+ * values that are no longer in the result and writes the rest.
+ *
+ * Storage: when the top operation removes duplicates (UNION, INTERSECT, EXCEPT) each value appears once and its row
+ * id is `hash(row)`. Otherwise (UNION ALL, INTERSECT ALL, EXCEPT ALL at the top) a value may appear n times: the
+ * i-th copy's row id is `hash(row, i)`, and the hidden, indexed `__pgt_part` column holds `hash(row)`, which the
+ * refresh deletes by.
+ */
+import { quoteIdent } from "../../../db/identifiers.ts";
+import type { Column } from "../../plan.ts";
+import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom, renderFrom } from "./delta_sql.ts";
+import { type BlockData, type DiffPlan, PART, ROW_ID, type SetNode, unsupported } from "./diff_plan.ts";
+import { child, type Node } from "./query_reading.ts";
+
+const OPS: Record<string, "union" | "intersect" | "except"> = {
+  SETOP_UNION: "union",
+  SETOP_INTERSECT: "intersect",
+  SETOP_EXCEPT: "except",
+};
+
+/**
+ * The simple SELECTs of a set-operation tree, in text order, and the tree over them; the tree is null when every
+ * operation is UNION ALL (each branch is then maintained as its own block). `checkSide` refuses what a branch may
+ * not carry (LIMIT, FOR UPDATE, WITH).
+ */
+export function readSetOperations(
+  stmt: Node,
+  checkSide: (side: Node) => void,
+): { leaves: Node[]; tree: SetNode | null } {
+  const leaves: Node[] = [];
+  let onlyUnionAll = true;
+  const read = (node: Node): SetNode => {
+    const op = node["op"];
+    if (op === undefined || op === "SETOP_NONE") {
+      leaves.push(node);
+      return { leaf: leaves.length - 1 };
+    }
+    const kind = OPS[String(op)];
+    if (kind === undefined) unsupported(`query shape not recognised (set operation ${String(op)})`);
+    const all = node["all"] === true;
+    if (kind !== "union" || !all) onlyUnionAll = false;
+    const larg = child(node, "larg")!;
+    const rarg = child(node, "rarg")!;
+    for (const side of [larg, rarg]) checkSide(side);
+    return { op: kind, all, left: read(larg), right: read(rarg) };
+  };
+  const tree = read(stmt);
+  return { leaves, tree: onlyUnionAll ? null : tree };
+}
+
+/** True when the result may hold a value more than once (the top operation is an ALL form). */
+function multiset(tree: SetNode): boolean {
+  return "op" in tree && tree.all;
+}
+
+/** The hidden columns of a set operation's storage: the row id, and for a multiset the value's hash. */
+export function setOperationHiddenColumns(tree: SetNode): Column[] {
+  const hidden: Column[] = [{ name: ROW_ID, type: "bigint" }];
+  if (multiset(tree)) hidden.push({ name: PART, type: "bigint" });
+  return hidden;
+}
+
+/** Further indexes: the value's hash, which a refresh deletes by (a set's row id is that hash already). */
+export function setOperationIndexes(tree: SetNode): string[][] {
+  return multiset(tree) ? [[PART]] : [];
+}
+
+/** The SELECT computing the whole content: visible columns, row id, then `__pgt_part` for a multiset. */
+export function setOperationFullSelect(plan: DiffPlan): string {
+  return withIdentity(plan, setOperationSql(plan, plan.setOperation!, null));
+}
+
+/** The SELECTs the write statement runs (the plan-time probe EXPLAINs them). */
+export function setOperationChangeQueries(plan: DiffPlan, deltas: Deltas): string[] {
+  const k = touchedValues(plan, deltas);
+  return [k, withIdentity(plan, setOperationSql(plan, plan.setOperation!, `(${k})`))];
+}
+
+/** One statement: find the touched values, recompute them, delete the stored rows gone, write the ones that came. */
+export function setOperationWriteStatement(plan: DiffPlan, input: { target: string; deltas: Deltas }): string {
+  const { target, deltas } = input;
+  const cols = plan.columns.map((_, i) => `"c${i}"`);
+  const mine = plan.columns.map((c) => `st.${c}`);
+  const theirs = plan.columns.map((c) => `EXCLUDED.${c}`);
+  const many = multiset(plan.setOperation!);
+  const part = many ? quoteIdent(PART) : ROW_ID;
+  const written = [...plan.columns, ROW_ID, ...(many ? [quoteIdent(PART)] : [])];
+  return `WITH k AS MATERIALIZED (${touchedValues(plan, deltas)}),
+    n AS MATERIALIZED (${withIdentity(plan, setOperationSql(plan, plan.setOperation!, "k"))}),
+    del AS (
+      DELETE FROM ${target} st WHERE st.${part} IN (SELECT h FROM k)
+        AND NOT EXISTS (SELECT 1 FROM n WHERE n.rid = st.${ROW_ID})
+      RETURNING 1),
+    up AS (
+      INSERT INTO ${target} AS st (${written.join(", ")})
+      SELECT ${[...cols, "rid", ...(many ? ["part"] : [])].join(", ")} FROM n
+      ON CONFLICT (${ROW_ID}) DO UPDATE SET ${plan.columns.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}
+      WHERE ROW(${mine.join(", ")})::text IS DISTINCT FROM ROW(${theirs.join(", ")})::text
+      RETURNING (xmax = 0) AS fresh)
+    ${COUNTS}`;
+}
+
+/** The hash of an output row given its columns' expressions (already cast to the output types). */
+function valueHash(exprs: string[]): string {
+  return `pg_catalog.hash_record_extended(ROW(${exprs.join(", ")}), 0)`;
+}
+
+/** Adds the row id (and for a multiset the value hash and occurrence number) to a result over "c0".."cn". */
+function withIdentity(plan: DiffPlan, body: string): string {
+  const cols = plan.columns.map((_, i) => `"c${i}"`);
+  if (!multiset(plan.setOperation!)) return `SELECT ${cols.join(", ")}, ${valueHash(cols)} AS rid FROM (${body}) s`;
+  // The i-th copy of a value: its row id hashes the value with i, so copies and values never share one.
+  const occurrence = `pg_catalog.row_number() OVER (PARTITION BY ${cols.join(", ")})`;
+  return `SELECT ${cols.join(", ")}, ${valueHash([...cols, "o"])} AS rid, ${valueHash(cols)} AS part ` +
+    `FROM (SELECT ${cols.join(", ")}, ${occurrence} AS o FROM (${body}) s0) s`;
+}
+
+/** The set operation over "c0".."cn", each branch restricted to the values `touched` lists (null: all of them). */
+function setOperationSql(plan: DiffPlan, node: SetNode, touched: string | null): string {
+  if ("leaf" in node) return branchSql(plan, plan.blocks[node.leaf]!, touched);
+  const op = `${node.op.toUpperCase()}${node.all ? " ALL" : ""}`;
+  return `(${setOperationSql(plan, node.left, touched)})\n${op}\n(${setOperationSql(plan, node.right, touched)})`;
+}
+
+/** True when a branch aggregates (GROUP BY, HAVING, aggregates): its output rows are not its source rows. */
+function aggregated(block: BlockData): boolean {
+  return block.strategy !== "rows" && !block.distinct;
+}
+
+function outputs(plan: DiffPlan, block: BlockData): string[] {
+  return block.targets.map((t, i) => cast(plan, i, t));
+}
+
+function grouping(block: BlockData): string {
+  return (block.groupBy !== null ? ` GROUP BY ${block.groupBy}` : "") +
+    (block.having !== null ? ` HAVING ${block.having}` : "");
+}
+
+/** One branch's rows as "c0".."cn", restricted to the touched values unless `touched` is null. */
+function branchSql(plan: DiffPlan, block: BlockData, touched: string | null): string {
+  const outs = outputs(plan, block);
+  const select = `SELECT ${block.distinct ? "DISTINCT " : ""}${outs.map((o, i) => `${o} AS "c${i}"`).join(", ")}`;
+  const restrict = (exprs: string[]) => touched === null ? null : `${valueHash(exprs)} IN (SELECT h FROM ${touched} t)`;
+  if (!aggregated(block)) return `${select} ${fromWhere(plainFrom(block, plan), block.where, restrict(outs))}`;
+  // An aggregate's value exists only after grouping: the branch is computed whole and its output filtered.
+  const cols = plan.columns.map((_, i) => `g."c${i}"`);
+  const filter = restrict(cols);
+  return `SELECT ${cols.join(", ")} FROM (${select} ${fromWhere(plainFrom(block, plan), block.where)}` +
+    `${grouping(block)}) g${filter === null ? "" : ` WHERE ${filter}`}`;
+}
+
+/** The hashes of the values the delta touches, over every branch (column `h`). */
+function touchedValues(plan: DiffPlan, deltas: Deltas): string {
+  const terms = plan.blocks.flatMap((block) => {
+    if (!aggregated(block)) return deltaTerms(block, plan, deltas, () => `${valueHash(outputs(plan, block))} AS h`);
+    if (!block.refs.some((r) => deltas.tables.has(r.source))) return [];
+    // The groups the delta touches, by their row id, and their output rows before (at the frontier) and now.
+    const rid = groupRowId(block, block.groupKeys);
+    const groups = deltaTerms(block, plan, deltas, () => `${rid} AS rid`).join("\nUNION ALL\n");
+    const restrict = block.groupKeys.length === 0 ? null : `${rid} IN (SELECT rid FROM (${groups}) k)`;
+    const select = `SELECT ${valueHash(outputs(plan, block))} AS h`;
+    return [plainFrom(block, plan), oldFrom(block, plan, deltas)].map((from) =>
+      `${select} ${fromWhere(from, block.where, restrict)}${grouping(block)}`
+    );
+  });
+  if (terms.length === 0) return "SELECT NULL::int8 AS h WHERE false";
+  return `SELECT DISTINCT h FROM (${terms.join("\nUNION ALL\n")}) d`;
+}
+
+/**
+ * The block's FROM over its sources as they were at the frontier: a changed source is its rows now minus the keys
+ * the delta inserted or updated (weight +1: the row as it is now), plus the delta's old rows (weight -1).
+ */
+function oldFrom(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
+  return renderFrom(block, (i) => {
+    const r = block.refs[i]!;
+    const src = plan.sources[r.source]!;
+    const d = deltas.tables.get(r.source);
+    if (d === undefined) return src.table + r.aliasSuffix;
+    const cols = src.columns.join(", ");
+    const same = src.key.map((k) => `"__pgt_d".${k} = "__pgt_o".${k}`).join(" AND ");
+    return `(SELECT ${cols} FROM ${src.table} AS "__pgt_o" WHERE NOT EXISTS (SELECT 1 FROM ${d} AS "__pgt_d" ` +
+      `WHERE "__pgt_d"."__pgt_w" > 0 AND ${same}) UNION ALL SELECT ${cols} FROM ${d} WHERE "__pgt_w" < 0)` +
+      r.aliasSuffix;
+  });
+}
