@@ -71,6 +71,90 @@ Deno.test({
         assert.deepEqual(agg.columns.map((c) => c.name), ["g", "c", "s", "a"]);
       });
 
+      await t.step(
+        "set operations: one tree over the branches, sets keyed by value, multisets by value and copy",
+        async () => {
+          const leaf = (n: number) => ({ leaf: n });
+          const set = ["__pgt_row_id"];
+          const multi = ["__pgt_row_id", "__pgt_part"];
+          const cases: [string, unknown, string[], string[], string[][]][] = [
+            [
+              "SELECT id FROM t UNION SELECT id FROM u",
+              { op: "union", all: false, left: leaf(0), right: leaf(1) },
+              [
+                "rows",
+                "rows",
+              ],
+              set,
+              [],
+            ],
+            [
+              "SELECT id FROM t EXCEPT SELECT t_id FROM u",
+              { op: "except", all: false, left: leaf(0), right: leaf(1) },
+              [
+                "rows",
+                "rows",
+              ],
+              set,
+              [],
+            ],
+            [
+              "SELECT g, v FROM t INTERSECT ALL SELECT t.g, u.w FROM t JOIN u ON u.t_id = t.id",
+              { op: "intersect", all: true, left: leaf(0), right: leaf(1) },
+              ["rows", "rows"],
+              multi,
+              [["__pgt_part"]],
+            ],
+            // UNION ALL and EXCEPT ALL bind alike (left first); INTERSECT binds tighter.
+            [
+              "SELECT id FROM t UNION ALL SELECT id FROM u EXCEPT ALL SELECT w FROM u",
+              {
+                op: "except",
+                all: true,
+                left: { op: "union", all: true, left: leaf(0), right: leaf(1) },
+                right: leaf(2),
+              },
+              ["rows", "rows", "rows"],
+              multi,
+              [["__pgt_part"]],
+            ],
+            [
+              "SELECT g FROM t UNION ALL SELECT t_id FROM u INTERSECT SELECT g FROM t GROUP BY g HAVING max(v) > 1",
+              {
+                op: "union",
+                all: true,
+                left: leaf(0),
+                right: { op: "intersect", all: false, left: leaf(1), right: leaf(2) },
+              },
+              ["rows", "rows", "recompute"],
+              multi,
+              [["__pgt_part"]],
+            ],
+            [
+              "SELECT DISTINCT g FROM t EXCEPT SELECT count(*) FROM u",
+              { op: "except", all: false, left: leaf(0), right: leaf(1) },
+              ["recompute", "recompute"],
+              set,
+              [],
+            ],
+          ];
+          for (const [query, tree, blocks, hidden, indexes] of cases) {
+            const p = await plan(sql, query);
+            assert.equal(p.unsupportedReason, null, query);
+            assert.deepEqual((p.differential as { setOperation: unknown }).setOperation, tree, query);
+            assert.deepEqual(strategies(p), blocks, query);
+            assert.deepEqual(p.hiddenColumns.map((c) => c.name), hidden, query);
+            assert.deepEqual(p.indexes, indexes, query);
+            assert.deepEqual(p.uniqueKey, ["__pgt_row_id"]);
+            assert.deepEqual(JSON.parse(JSON.stringify(p)), p);
+          }
+          // A tree of UNION ALL alone stays a list of independent blocks.
+          const unionAll = await plan(sql, "SELECT id FROM t UNION ALL SELECT id FROM u");
+          assert.equal((unionAll.differential as { setOperation?: unknown }).setOperation, undefined);
+          assert.equal(unionAll.indexes, undefined);
+        },
+      );
+
       await t.step("unsupported queries name the construct", async () => {
         const cases: [string, string][] = [
           ["SELECT t.id, u.w FROM t LEFT JOIN u ON u.t_id = t.id", "outer join (LEFT JOIN)"],
@@ -83,9 +167,6 @@ Deno.test({
           ["SELECT a, b FROM nokey", "source without primary key (public.nokey)"],
           ["SELECT id, random() AS r FROM t", "volatile function random()"],
           ["SELECT id, nextval('seq') AS n FROM t", "volatile function nextval()"],
-          ["SELECT id FROM t UNION SELECT id FROM u", "UNION without ALL"],
-          ["SELECT id FROM t INTERSECT SELECT id FROM u", "INTERSECT"],
-          ["SELECT id FROM t EXCEPT SELECT id FROM u", "EXCEPT"],
           ["WITH x AS (SELECT id FROM t) SELECT id FROM x", "WITH (common table expression)"],
           ["SELECT DISTINCT ON (g) g, v FROM t", "DISTINCT ON"],
           ["SELECT g, count(*) AS c FROM t GROUP BY ROLLUP (g)", "GROUPING SETS, ROLLUP or CUBE"],
@@ -97,6 +178,12 @@ Deno.test({
           ["SELECT n FROM generate_series(1, 3) n, t", "function in FROM"],
           ["SELECT id FROM tv", `"tv" is not a source table (a view or a WITH query)`],
           ["SELECT DISTINCT count(*) AS c FROM t GROUP BY g", "DISTINCT together with aggregates"],
+          // Set operations keep the reasons of their branches and of a LIMIT anywhere in the tree.
+          ["SELECT id FROM t UNION SELECT id FROM u LIMIT 3", "LIMIT/OFFSET"],
+          ["(SELECT id FROM t LIMIT 1) INTERSECT SELECT id FROM u", "LIMIT/OFFSET"],
+          ["SELECT t.id FROM t LEFT JOIN u ON u.t_id = t.id EXCEPT SELECT id FROM u", "outer join (LEFT JOIN)"],
+          ["SELECT id FROM t EXCEPT ALL SELECT a FROM nokey", "source without primary key (public.nokey)"],
+          ["SELECT g FROM t INTERSECT SELECT x.id FROM (SELECT id FROM u) x", "subquery in FROM"],
         ];
         for (const [query, reason] of cases) {
           let p;
