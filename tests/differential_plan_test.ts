@@ -74,7 +74,7 @@ Deno.test({
       await t.step(
         "set operations: one tree over the branches, sets keyed by value, multisets by value and copy",
         async () => {
-          const leaf = (n: number) => ({ leaf: n });
+          const leaf = (n: number, key: number | null = 0) => ({ leaf: n, key });
           const set = ["__pgt_row_id"];
           const multi = ["__pgt_row_id", "__pgt_part"];
           const cases: [string, unknown, string[], string[], string[][]][] = [
@@ -130,9 +130,18 @@ Deno.test({
               multi,
               [["__pgt_part"]],
             ],
+            // A branch's key is its first output already of the output's type: v is int where the output is bigint.
+            [
+              "SELECT v, s FROM t EXCEPT SELECT g::bigint, s FROM t",
+              { op: "except", all: false, left: leaf(0, 1), right: leaf(1, 0) },
+              ["rows", "rows"],
+              set,
+              [],
+            ],
+            // No key: g is int where the output is bigint; count(*) is no group key.
             [
               "SELECT DISTINCT g FROM t EXCEPT SELECT count(*) FROM u",
-              { op: "except", all: false, left: leaf(0), right: leaf(1) },
+              { op: "except", all: false, left: leaf(0, null), right: leaf(1, null) },
               ["recompute", "recompute"],
               set,
               [],

@@ -66,7 +66,14 @@ export interface SourceData {
  * A tree of set operations over the blocks (set_operations.ts): a leaf is a block's index. Absent or null when the
  * query is one block or a UNION ALL of blocks, each maintained on its own.
  */
-export type SetNode = { leaf: number } | {
+export type SetNode = {
+  leaf: number;
+  /**
+   * An output position whose expression in this branch already has the output's type: a refresh restricts the
+   * branch by it with a plain `IN` (an index on the expression can serve), or null.
+   */
+  key: number | null;
+} | {
   op: "union" | "intersect" | "except";
   all: boolean;
   left: SetNode;

@@ -15,6 +15,7 @@ import { type BlockData, type DiffPlan, ROW_ID, type SourceData, Unsupported, un
 import { type FunctionFacts, functionFacts } from "./functions.ts";
 import { child, expandTableCommands, list, type Node, QueryText } from "./query_reading.ts";
 import {
+  chooseBranchKeys,
   readSetOperations,
   setOperationChangeQueries,
   setOperationFullSelect,
@@ -77,6 +78,7 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   diff.textCompared = await textComparedColumns(sql, types);
   if (tree !== null) {
     diff.setOperation = tree;
+    await chooseBranchKeys(sql, diff);
     return {
       unsupportedReason: null,
       columns: description.columns,

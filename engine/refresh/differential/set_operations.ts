@@ -13,6 +13,7 @@
  * refresh deletes by.
  */
 import { quoteIdent } from "../../../db/identifiers.ts";
+import type { Sql, Tx } from "../../../db/pool.ts";
 import type { Column } from "../../plan.ts";
 import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom, renderFrom } from "./delta_sql.ts";
 import { type BlockData, type DiffPlan, PART, ROW_ID, type SetNode, unsupported } from "./diff_plan.ts";
@@ -39,7 +40,7 @@ export function readSetOperations(
     const op = node["op"];
     if (op === undefined || op === "SETOP_NONE") {
       leaves.push(node);
-      return { leaf: leaves.length - 1 };
+      return { leaf: leaves.length - 1, key: null };
     }
     const kind = OPS[String(op)];
     if (kind === undefined) unsupported(`query shape not recognised (set operation ${String(op)})`);
@@ -52,6 +53,38 @@ export function readSetOperations(
   };
   const tree = read(stmt);
   return { leaves, tree: onlyUnionAll ? null : tree };
+}
+
+/**
+ * Chooses each branch's key: the first output whose expression there already has the output's type (so comparing it
+ * with a touched value's column needs no cast) and, in an aggregated branch, is a group key (so it can restrict the
+ * rows before grouping without splitting a group).
+ */
+export async function chooseBranchKeys(sql: Sql | Tx, plan: DiffPlan): Promise<void> {
+  const leaves: { leaf: number; key: number | null }[] = [];
+  const collect = (node: SetNode): void => {
+    if ("leaf" in node) leaves.push(node);
+    else [node.left, node.right].forEach(collect);
+  };
+  collect(plan.setOperation!);
+  for (const leaf of leaves) {
+    const block = plan.blocks[leaf.leaf]!;
+    const candidates = block.targets.flatMap((t, i) =>
+      !aggregated(block) || (block.groupBy !== null && block.groupKeys.includes(t)) ? [i] : []
+    );
+    if (candidates.length === 0) continue;
+    // pg_typeof of a NULL still names its type: the outer join yields one row even though the branch reads none.
+    // Generated from the plan: the defining query's own clauses (SQL by design); the types are parameters.
+    const [row] = await sql.unsafe<{ same: boolean[] }[]>(
+      `SELECT ARRAY[${
+        candidates.map((i, n) => `pg_catalog.pg_typeof(s."c${i}") = pg_catalog.to_regtype($${n + 1})`).join(", ")
+      }] AS same FROM (SELECT 1) one LEFT JOIN (SELECT ${
+        candidates.map((i) => `${block.targets[i]} AS "c${i}"`).join(", ")
+      } ${fromWhere(plainFrom(block, plan), "false")}) s ON true`,
+      candidates.map((i) => plan.types[i]!),
+    );
+    leaf.key = candidates[row!.same.findIndex((same) => same)] ?? null;
+  }
 }
 
 /** True when the result may hold a value more than once (the top operation is an ALL form). */
@@ -123,7 +156,7 @@ function withIdentity(plan: DiffPlan, body: string): string {
 
 /** The set operation over "c0".."cn", each branch restricted to the values `touched` lists (null: all of them). */
 function setOperationSql(plan: DiffPlan, node: SetNode, touched: string | null): string {
-  if ("leaf" in node) return branchSql(plan, plan.blocks[node.leaf]!, touched);
+  if ("leaf" in node) return branchSql(plan, node, touched);
   const op = `${node.op.toUpperCase()}${node.all ? " ALL" : ""}`;
   return `(${setOperationSql(plan, node.left, touched)})\n${op}\n(${setOperationSql(plan, node.right, touched)})`;
 }
@@ -142,35 +175,56 @@ function grouping(block: BlockData): string {
     (block.having !== null ? ` HAVING ${block.having}` : "");
 }
 
-/** One branch's rows as "c0".."cn", restricted to the touched values unless `touched` is null. */
-function branchSql(plan: DiffPlan, block: BlockData, touched: string | null): string {
+/**
+ * One branch's rows as "c0".."cn", restricted to the touched values unless `touched` is null. With a key column,
+ * the branch is read in two parts, its key among the touched values' (`IN`: an index on the key's expression can
+ * serve) and its key NULL (read only when a touched value has a NULL there); the parts are disjoint in that column,
+ * so DISTINCT and groups stay whole.
+ */
+function branchSql(plan: DiffPlan, leaf: { leaf: number; key: number | null }, touched: string | null): string {
+  const block = plan.blocks[leaf.leaf]!;
   const outs = outputs(plan, block);
   const select = `SELECT ${block.distinct ? "DISTINCT " : ""}${outs.map((o, i) => `${o} AS "c${i}"`).join(", ")}`;
-  const restrict = (exprs: string[]) => touched === null ? null : `${valueHash(exprs)} IN (SELECT h FROM ${touched} t)`;
-  if (!aggregated(block)) return `${select} ${fromWhere(plainFrom(block, plan), block.where, restrict(outs))}`;
-  // An aggregate's value exists only after grouping: the branch is computed whole and its output filtered.
+  const from = plainFrom(block, plan);
+  if (touched === null) return `${select} ${fromWhere(from, block.where)}${grouping(block)}`;
+  const hashed = (exprs: string[]) => `${valueHash(exprs)} IN (SELECT h FROM ${touched} t)`;
+  const parts = leaf.key === null ? [null] : [
+    `(${block.targets[leaf.key]}) IN (SELECT t."c${leaf.key}" FROM ${touched} t)`,
+    `(${block.targets[leaf.key]}) IS NULL AND EXISTS (SELECT FROM ${touched} t WHERE t."c${leaf.key}" IS NULL)`,
+  ];
   const cols = plan.columns.map((_, i) => `g."c${i}"`);
-  const filter = restrict(cols);
-  return `SELECT ${cols.join(", ")} FROM (${select} ${fromWhere(plainFrom(block, plan), block.where)}` +
-    `${grouping(block)}) g${filter === null ? "" : ` WHERE ${filter}`}`;
+  return parts.map((part) => {
+    if (!aggregated(block)) {
+      return `${select} ${fromWhere(from, block.where, [part, hashed(outs)].filter((c) => c !== null).join(" AND "))}`;
+    }
+    // An aggregate's value exists only after grouping: the groups are filtered by their output.
+    return `SELECT ${cols.join(", ")} FROM (${select} ${fromWhere(from, block.where, part)}${grouping(block)}) g ` +
+      `WHERE ${hashed(cols)}`;
+  }).map((q) => `(${q})`).join("\nUNION ALL\n");
 }
 
-/** The hashes of the values the delta touches, over every branch (column `h`). */
+/** The values the delta touches, over every branch: their hash `h` and columns "c0".."cn", each value once. */
 function touchedValues(plan: DiffPlan, deltas: Deltas): string {
+  const cols = plan.columns.map((_, i) => `"c${i}"`);
   const terms = plan.blocks.flatMap((block) => {
-    if (!aggregated(block)) return deltaTerms(block, plan, deltas, () => `${valueHash(outputs(plan, block))} AS h`);
+    const select = outputs(plan, block).map((o, i) => `${o} AS "c${i}"`).join(", ");
+    if (!aggregated(block)) return deltaTerms(block, plan, deltas, () => select);
     if (!block.refs.some((r) => deltas.tables.has(r.source))) return [];
     // The groups the delta touches, by their row id, and their output rows before (at the frontier) and now.
     const rid = groupRowId(block, block.groupKeys);
     const groups = deltaTerms(block, plan, deltas, () => `${rid} AS rid`).join("\nUNION ALL\n");
     const restrict = block.groupKeys.length === 0 ? null : `${rid} IN (SELECT rid FROM (${groups}) k)`;
-    const select = `SELECT ${valueHash(outputs(plan, block))} AS h`;
     return [plainFrom(block, plan), oldFrom(block, plan, deltas)].map((from) =>
-      `${select} ${fromWhere(from, block.where, restrict)}${grouping(block)}`
+      `SELECT ${select} ${fromWhere(from, block.where, restrict)}${grouping(block)}`
     );
   });
-  if (terms.length === 0) return "SELECT NULL::int8 AS h WHERE false";
-  return `SELECT DISTINCT h FROM (${terms.join("\nUNION ALL\n")}) d`;
+  if (terms.length === 0) {
+    return `SELECT NULL::int8 AS h, ${
+      plan.types.map((t, i) => `CAST(NULL AS ${t}) AS "c${i}"`).join(", ")
+    } WHERE false`;
+  }
+  return `SELECT ${valueHash(cols)} AS h, ${cols.join(", ")} FROM (SELECT DISTINCT ${cols.join(", ")} FROM (` +
+    `${terms.join("\nUNION ALL\n")}) d) d`;
 }
 
 /**
