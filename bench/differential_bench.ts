@@ -129,7 +129,7 @@ function target(t: Table): { schema: string; name: string } {
 class Rollback extends Error {}
 
 /** Milliseconds `fn` takes in a REPEATABLE READ transaction that is then rolled back. */
-async function rolledBack(sql: Sql, fn: (tx: Tx) => Promise<unknown>): Promise<number> {
+export async function rolledBack(sql: Sql, fn: (tx: Tx) => Promise<unknown>): Promise<number> {
   let ms = 0;
   try {
     await sql.begin("isolation level repeatable read", async (tx) => {

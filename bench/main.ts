@@ -5,7 +5,7 @@
  *
  *   deno task bench                          all benchmarks
  *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster,
- *                                            snapshots, planner
+ *                                            snapshots, planner, set_operations
  *   BENCH_CLUSTER_SECONDS=10 deno task bench --only cluster   a quick cluster run (default 60 s)
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
@@ -20,6 +20,7 @@ import { runServiceBench } from "./service_bench.ts";
 import { runSnapshotsBench } from "./snapshots_bench.ts";
 import { runClusterBench } from "./cluster_bench.ts";
 import { runPlannerBench } from "./planner_bench.ts";
+import { runSetOperationsBench } from "./set_operations_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
 /** Each suite creates its own fresh databases on the server and returns its figures. */
@@ -32,6 +33,7 @@ const SUITES = {
   cluster: runClusterBench,
   snapshots: runSnapshotsBench,
   planner: runPlannerBench,
+  set_operations: runSetOperationsBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

@@ -14,6 +14,7 @@
  */
 import { quoteIdent } from "../../../db/identifiers.ts";
 import type { Sql, Tx } from "../../../db/pool.ts";
+import { inRolledBackTransaction } from "../../rolled_back.ts";
 import type { Column } from "../../plan.ts";
 import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom, renderFrom } from "./delta_sql.ts";
 import { type BlockData, type DiffPlan, PART, ROW_ID, type SetNode, unsupported } from "./diff_plan.ts";
@@ -61,30 +62,38 @@ export function readSetOperations(
  * rows before grouping without splitting a group).
  */
 export async function chooseBranchKeys(sql: Sql | Tx, plan: DiffPlan): Promise<void> {
-  const leaves: { leaf: number; key: number | null }[] = [];
-  const collect = (node: SetNode): void => {
-    if ("leaf" in node) leaves.push(node);
-    else [node.left, node.right].forEach(collect);
-  };
-  collect(plan.setOperation!);
-  for (const leaf of leaves) {
-    const block = plan.blocks[leaf.leaf]!;
-    const candidates = block.targets.flatMap((t, i) =>
-      !aggregated(block) || (block.groupBy !== null && block.groupKeys.includes(t)) ? [i] : []
-    );
-    if (candidates.length === 0) continue;
-    // pg_typeof of a NULL still names its type: the outer join yields one row even though the branch reads none.
-    // Generated from the plan: the defining query's own clauses (SQL by design); the types are parameters.
-    const [row] = await sql.unsafe<{ same: boolean[] }[]>(
-      `SELECT ARRAY[${
-        candidates.map((i, n) => `pg_catalog.pg_typeof(s."c${i}") = pg_catalog.to_regtype($${n + 1})`).join(", ")
-      }] AS same FROM (SELECT 1) one LEFT JOIN (SELECT ${
-        candidates.map((i) => `${block.targets[i]} AS "c${i}"`).join(", ")
-      } ${fromWhere(plainFrom(block, plan), "false")}) s ON true`,
-      candidates.map((i) => plan.types[i]!),
-    );
-    leaf.key = candidates[row!.same.findIndex((same) => same)] ?? null;
+  const leaves = leavesOf(plan.setOperation!);
+  try {
+    // Rolled back and isolated like the plan-time probe: a failing statement must not end the caller's transaction.
+    await inRolledBackTransaction(sql, async (tx) => {
+      for (const leaf of leaves) leaf.key = await branchKey(tx, plan, plan.blocks[leaf.leaf]!);
+    });
+  } catch (e) {
+    unsupported(`query shape not recognised (${e instanceof Error ? e.message : String(e)})`);
   }
+}
+
+async function branchKey(tx: Tx, plan: DiffPlan, block: BlockData): Promise<number | null> {
+  const candidates = block.targets.flatMap((t, i) =>
+    !aggregated(block) || (block.groupBy !== null && block.groupKeys.includes(t)) ? [i] : []
+  );
+  if (candidates.length === 0) return null;
+  // pg_typeof of a NULL still names its type: the outer join yields one row even though the branch reads none.
+  // Generated from the plan: the defining query's own clauses (SQL by design); the types are parameters.
+  const [row] = await tx.unsafe<{ same: boolean[] }[]>(
+    `SELECT ARRAY[${
+      candidates.map((i, n) => `pg_catalog.pg_typeof(s."c${i}") = pg_catalog.to_regtype($${n + 1})`).join(", ")
+    }] AS same FROM (SELECT 1) one LEFT JOIN (SELECT ${
+      candidates.map((i) => `${block.targets[i]} AS "c${i}"`).join(", ")
+    } ${fromWhere(plainFrom(block, plan), "false")}) s ON true`,
+    candidates.map((i) => plan.types[i]!),
+  );
+  return candidates[row!.same.findIndex((same) => same)] ?? null;
+}
+
+/** The tree's leaves, left to right. */
+function leavesOf(node: SetNode): { leaf: number; key: number | null }[] {
+  return "leaf" in node ? [node] : [...leavesOf(node.left), ...leavesOf(node.right)];
 }
 
 /** True when the result may hold a value more than once (the top operation is an ALL form). */
@@ -206,16 +215,30 @@ function branchSql(plan: DiffPlan, leaf: { leaf: number; key: number | null }, t
 /** The values the delta touches, over every branch: their hash `h` and columns "c0".."cn", each value once. */
 function touchedValues(plan: DiffPlan, deltas: Deltas): string {
   const cols = plan.columns.map((_, i) => `"c${i}"`);
-  const terms = plan.blocks.flatMap((block) => {
+  const keys = new Map(leavesOf(plan.setOperation!).map((l) => [l.leaf, l.key]));
+  const terms = plan.blocks.flatMap((block, b) => {
     const select = outputs(plan, block).map((o, i) => `${o} AS "c${i}"`).join(", ");
     if (!aggregated(block)) return deltaTerms(block, plan, deltas, () => select);
     if (!block.refs.some((r) => deltas.tables.has(r.source))) return [];
-    // The groups the delta touches, by their row id, and their output rows before (at the frontier) and now.
-    const rid = groupRowId(block, block.groupKeys);
-    const groups = deltaTerms(block, plan, deltas, () => `${rid} AS rid`).join("\nUNION ALL\n");
-    const restrict = block.groupKeys.length === 0 ? null : `${rid} IN (SELECT rid FROM (${groups}) k)`;
-    return [plainFrom(block, plan), oldFrom(block, plan, deltas)].map((from) =>
-      `SELECT ${select} ${fromWhere(from, block.where, restrict)}${grouping(block)}`
+    // The groups the delta touches and their output rows before (at the frontier) and now. With a key (a group key),
+    // the groups are those whose key the delta has, found through IN (an index can serve; groups sharing a key value
+    // come along, recomputed to what they are); else by their row id, which scans the sources.
+    const key = keys.get(b) ?? null;
+    let restricts: (string | null)[];
+    if (key !== null) {
+      const e = `(${block.targets[key]})`;
+      const values = `(${deltaTerms(block, plan, deltas, () => `${e} AS v`).join("\nUNION ALL\n")}) k`;
+      restricts = [
+        `${e} IN (SELECT v FROM ${values})`,
+        `${e} IS NULL AND EXISTS (SELECT FROM ${values} WHERE v IS NULL)`,
+      ];
+    } else {
+      const rid = groupRowId(block, block.groupKeys);
+      const groups = deltaTerms(block, plan, deltas, () => `${rid} AS rid`).join("\nUNION ALL\n");
+      restricts = [block.groupKeys.length === 0 ? null : `${rid} IN (SELECT rid FROM (${groups}) k)`];
+    }
+    return [plainFrom(block, plan), oldFrom(block, plan, deltas)].flatMap((from) =>
+      restricts.map((restrict) => `SELECT ${select} ${fromWhere(from, block.where, restrict)}${grouping(block)}`)
     );
   });
   if (terms.length === 0) {
