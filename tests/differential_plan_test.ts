@@ -124,7 +124,8 @@ Deno.test({
                 op: "union",
                 all: true,
                 left: leaf(0),
-                right: { op: "intersect", all: false, left: leaf(1), right: leaf(2) },
+                // The aggregated branch's key g reads t alone: its restriction goes inside t's state at the frontier.
+                right: { op: "intersect", all: false, left: leaf(1), right: { ...leaf(2), keyRef: 0 } },
               },
               ["rows", "rows", "recompute"],
               multi,

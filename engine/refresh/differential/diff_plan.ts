@@ -66,14 +66,18 @@ export interface SourceData {
  * A tree of set operations over the blocks (set_operations.ts): a leaf is a block's index. Absent or null when the
  * query is one block or a UNION ALL of blocks, each maintained on its own.
  */
-export type SetNode = {
+export interface SetLeaf {
   leaf: number;
   /**
    * An output position whose expression in this branch already has the output's type: a refresh restricts the
    * branch by it with a plain `IN` (an index on the expression can serve), or null.
    */
   key: number | null;
-} | {
+  /** Aggregated branch: the table reference (index into the block's refs) the key reads alone, if any. */
+  keyRef?: number;
+}
+
+export type SetNode = SetLeaf | {
   op: "union" | "intersect" | "except";
   all: boolean;
   left: SetNode;

@@ -17,7 +17,7 @@ import type { Sql, Tx } from "../../../db/pool.ts";
 import { inRolledBackTransaction } from "../../rolled_back.ts";
 import type { Column } from "../../plan.ts";
 import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom, renderFrom } from "./delta_sql.ts";
-import { type BlockData, type DiffPlan, PART, ROW_ID, type SetNode, unsupported } from "./diff_plan.ts";
+import { type BlockData, type DiffPlan, PART, ROW_ID, type SetLeaf, type SetNode, unsupported } from "./diff_plan.ts";
 import { child, type Node } from "./query_reading.ts";
 
 const OPS: Record<string, "union" | "intersect" | "except"> = {
@@ -66,7 +66,14 @@ export async function chooseBranchKeys(sql: Sql | Tx, plan: DiffPlan): Promise<v
   try {
     // Rolled back and isolated like the plan-time probe: a failing statement must not end the caller's transaction.
     await inRolledBackTransaction(sql, async (tx) => {
-      for (const leaf of leaves) leaf.key = await branchKey(tx, plan, plan.blocks[leaf.leaf]!);
+      for (const leaf of leaves) {
+        const block = plan.blocks[leaf.leaf]!;
+        leaf.key = await branchKey(tx, plan, block);
+        if (leaf.key !== null && aggregated(block)) {
+          const home = await keyHome(tx, plan, { block, key: leaf.key });
+          if (home !== null) leaf.keyRef = home;
+        }
+      }
     });
   } catch (e) {
     unsupported(`query shape not recognised (${e instanceof Error ? e.message : String(e)})`);
@@ -91,8 +98,26 @@ async function branchKey(tx: Tx, plan: DiffPlan, block: BlockData): Promise<numb
   return candidates[row!.same.findIndex((same) => same)] ?? null;
 }
 
+/**
+ * The table reference an aggregated branch's key reads alone, if any: its expression compiles over that reference's
+ * table under the reference's name. The key's restriction can then go inside that reference's state at the frontier,
+ * where an index on it can serve (a semi-join above the state's UNION ALL would read it whole).
+ */
+async function keyHome(tx: Tx, plan: DiffPlan, args: { block: BlockData; key: number }): Promise<number | null> {
+  const { block, key } = args;
+  for (const [i, r] of block.refs.entries()) {
+    const src = plan.sources[r.source]!;
+    // Generated from the plan: the defining query's own expression and quoted catalog names; failing is an answer.
+    const compiles = await tx.savepoint((sp) =>
+      sp.unsafe(`SELECT (${block.targets[key]}) FROM ${src.table} AS ${r.exposed} WHERE false`)
+    ).then(() => true, () => false);
+    if (compiles) return i;
+  }
+  return null;
+}
+
 /** The tree's leaves, left to right. */
-function leavesOf(node: SetNode): { leaf: number; key: number | null }[] {
+function leavesOf(node: SetNode): SetLeaf[] {
   return "leaf" in node ? [node] : [...leavesOf(node.left), ...leavesOf(node.right)];
 }
 
@@ -190,7 +215,7 @@ function grouping(block: BlockData): string {
  * serve) and its key NULL (read only when a touched value has a NULL there); the parts are disjoint in that column,
  * so DISTINCT and groups stay whole.
  */
-function branchSql(plan: DiffPlan, leaf: { leaf: number; key: number | null }, touched: string | null): string {
+function branchSql(plan: DiffPlan, leaf: SetLeaf, touched: string | null): string {
   const block = plan.blocks[leaf.leaf]!;
   const outs = outputs(plan, block);
   const select = `SELECT ${block.distinct ? "DISTINCT " : ""}${outs.map((o, i) => `${o} AS "c${i}"`).join(", ")}`;
@@ -215,7 +240,7 @@ function branchSql(plan: DiffPlan, leaf: { leaf: number; key: number | null }, t
 /** The values the delta touches, over every branch: their hash `h` and columns "c0".."cn", each value once. */
 function touchedValues(plan: DiffPlan, deltas: Deltas): string {
   const cols = plan.columns.map((_, i) => `"c${i}"`);
-  const keys = new Map(leavesOf(plan.setOperation!).map((l) => [l.leaf, l.key]));
+  const leaves = new Map(leavesOf(plan.setOperation!).map((l) => [l.leaf, l]));
   const terms = plan.blocks.flatMap((block, b) => {
     const select = outputs(plan, block).map((o, i) => `${o} AS "c${i}"`).join(", ");
     if (!aggregated(block)) return deltaTerms(block, plan, deltas, () => select);
@@ -223,23 +248,22 @@ function touchedValues(plan: DiffPlan, deltas: Deltas): string {
     // The groups the delta touches and their output rows before (at the frontier) and now. With a key (a group key),
     // the groups are those whose key the delta has, found through IN (an index can serve; groups sharing a key value
     // come along, recomputed to what they are); else by their row id, which scans the sources.
-    const key = keys.get(b) ?? null;
-    let restricts: (string | null)[];
-    if (key !== null) {
-      const e = `(${block.targets[key]})`;
-      const values = `(${deltaTerms(block, plan, deltas, () => `${e} AS v`).join("\nUNION ALL\n")}) k`;
-      restricts = [
-        `${e} IN (SELECT v FROM ${values})`,
-        `${e} IS NULL AND EXISTS (SELECT FROM ${values} WHERE v IS NULL)`,
-      ];
-    } else {
+    const leaf = leaves.get(b)!;
+    const group = (from: string, restrict: string | null) =>
+      `SELECT ${select} ${fromWhere(from, block.where, restrict)}${grouping(block)}`;
+    if (leaf.key === null) {
       const rid = groupRowId(block, block.groupKeys);
       const groups = deltaTerms(block, plan, deltas, () => `${rid} AS rid`).join("\nUNION ALL\n");
-      restricts = [block.groupKeys.length === 0 ? null : `${rid} IN (SELECT rid FROM (${groups}) k)`];
+      const restrict = block.groupKeys.length === 0 ? null : `${rid} IN (SELECT rid FROM (${groups}) k)`;
+      return [group(plainFrom(block, plan), restrict), group(oldFrom(block, plan, deltas), restrict)];
     }
-    return [plainFrom(block, plan), oldFrom(block, plan, deltas)].flatMap((from) =>
-      restricts.map((restrict) => `SELECT ${select} ${fromWhere(from, block.where, restrict)}${grouping(block)}`)
-    );
+    const e = `(${block.targets[leaf.key]})`;
+    const values = `(${deltaTerms(block, plan, deltas, () => `${e} AS v`).join("\nUNION ALL\n")}) k`;
+    return [`${e} IN (SELECT v FROM ${values})`, `${e} IS NULL AND EXISTS (SELECT FROM ${values} WHERE v IS NULL)`]
+      .flatMap((restrict) => {
+        const inner = leaf.keyRef === undefined ? undefined : { ref: leaf.keyRef, restrict };
+        return [group(plainFrom(block, plan), restrict), group(oldFrom(block, plan, deltas, inner), restrict)];
+      });
   });
   if (terms.length === 0) {
     return `SELECT NULL::int8 AS h, ${
@@ -254,16 +278,23 @@ function touchedValues(plan: DiffPlan, deltas: Deltas): string {
  * The block's FROM over its sources as they were at the frontier: a changed source is its rows now minus the keys
  * the delta inserted or updated (weight +1: the row as it is now), plus the delta's old rows (weight -1).
  */
-function oldFrom(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
+function oldFrom(
+  block: BlockData,
+  plan: DiffPlan,
+  deltas: Deltas,
+  inner?: { ref: number; restrict: string },
+): string {
   return renderFrom(block, (i) => {
     const r = block.refs[i]!;
     const src = plan.sources[r.source]!;
     const d = deltas.tables.get(r.source);
     if (d === undefined) return src.table + r.aliasSuffix;
     const cols = src.columns.join(", ");
-    const same = src.key.map((k) => `"__pgt_d".${k} = "__pgt_o".${k}`).join(" AND ");
-    return `(SELECT ${cols} FROM ${src.table} AS "__pgt_o" WHERE NOT EXISTS (SELECT 1 FROM ${d} AS "__pgt_d" ` +
-      `WHERE "__pgt_d"."__pgt_w" > 0 AND ${same}) UNION ALL SELECT ${cols} FROM ${d} WHERE "__pgt_w" < 0)` +
-      r.aliasSuffix;
+    // Both parts carry the reference's own name, so that a restriction reading only its columns applies inside.
+    const same = src.key.map((k) => `"__pgt_d".${k} = ${r.exposed}.${k}`).join(" AND ");
+    const extra = inner?.ref === i ? ` AND ${inner.restrict}` : "";
+    return `(SELECT ${cols} FROM ${src.table} AS ${r.exposed} WHERE NOT EXISTS (SELECT 1 FROM ${d} AS "__pgt_d" ` +
+      `WHERE "__pgt_d"."__pgt_w" > 0 AND ${same})${extra} UNION ALL SELECT ${cols} FROM ${d} AS ${r.exposed} ` +
+      `WHERE "__pgt_w" < 0${extra})${r.aliasSuffix}`;
   });
 }
