@@ -8,7 +8,8 @@
 import assert from "node:assert/strict";
 import { type Mode, OracleEngine, oracleSeed, Rng, type Sql, StreamTableUnderTest, type Tx } from "./support/oracle.ts";
 
-const CASES: { name: string; query: string }[] = [
+/** `after` names a stream table this one reads (created first, refreshed first). */
+const CASES: { name: string; query: string; after?: string }[] = [
   { name: "union", query: "SELECT x, y FROM p UNION SELECT x, y FROM q" },
   {
     name: "union_join",
@@ -42,6 +43,8 @@ const CASES: { name: string; query: string }[] = [
     query: "SELECT r.tag, count(*) % 3 AS c FROM p JOIN r ON r.id = p.g GROUP BY r.tag " +
       "UNION SELECT y, x FROM q UNION SELECT max(y), 1 FROM p",
   },
+  // A stream table over a set operation's stream table: its row id is the source's key.
+  { name: "over_except_all", query: "SELECT x, count(*) AS c FROM st_src GROUP BY x", after: "except_all" },
   {
     name: "nulls",
     query: "SELECT y, NULL::int AS z FROM p UNION ALL SELECT y, x FROM q INTERSECT SELECT tag, x FROM r",
@@ -166,12 +169,11 @@ async function runOracle(seed: number): Promise<{ refreshes: number; differentia
     await createSources(sql, rng);
     for (const c of CASES) {
       step = `create ${c.name}`;
-      const make = (mode: Mode) =>
-        StreamTableUnderTest.create(oracle, {
-          name: `st_${c.name}_${mode === "FULL" ? "full" : "diff"}`,
-          query: c.query,
-          mode,
-        });
+      const make = (mode: Mode) => {
+        const suffix = mode === "FULL" ? "full" : "diff";
+        const query = c.after === undefined ? c.query : c.query.replace("st_src", `st_${c.after}_${suffix}`);
+        return StreamTableUnderTest.create(oracle, { name: `st_${c.name}_${suffix}`, query, mode });
+      };
       pairs.push({ name: c.name, full: await make("FULL"), diff: await make("DIFFERENTIAL") });
     }
     for (let round = 0; round < 14; round++) {
