@@ -139,6 +139,14 @@ Deno.test({
               set,
               [],
             ],
+            // An indexed plain column is preferred as the key: here each branch's primary key, the second output.
+            [
+              "SELECT v, id FROM t UNION SELECT u.w, u.id FROM u",
+              { op: "union", all: false, left: leaf(0, 1), right: leaf(1, 1) },
+              ["rows", "rows"],
+              set,
+              [],
+            ],
             // No key: g is int where the output is bigint; count(*) is no group key.
             [
               "SELECT DISTINCT g FROM t EXCEPT SELECT count(*) FROM u",

@@ -78,7 +78,7 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   diff.textCompared = await textComparedColumns(sql, types);
   if (tree !== null) {
     diff.setOperation = tree;
-    await chooseBranchKeys(sql, diff);
+    await chooseBranchKeys(sql, { plan: diff, leafNodes: leaves });
     return {
       unsupportedReason: null,
       columns: description.columns,

@@ -18,7 +18,7 @@ import { inRolledBackTransaction } from "../../rolled_back.ts";
 import type { Column } from "../../plan.ts";
 import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom, renderFrom } from "./delta_sql.ts";
 import { type BlockData, type DiffPlan, PART, ROW_ID, type SetLeaf, type SetNode, unsupported } from "./diff_plan.ts";
-import { child, type Node } from "./query_reading.ts";
+import { child, list, names, type Node } from "./query_reading.ts";
 
 const OPS: Record<string, "union" | "intersect" | "except"> = {
   SETOP_UNION: "union",
@@ -61,14 +61,15 @@ export function readSetOperations(
  * with a touched value's column needs no cast) and, in an aggregated branch, is a group key (so it can restrict the
  * rows before grouping without splitting a group).
  */
-export async function chooseBranchKeys(sql: Sql | Tx, plan: DiffPlan): Promise<void> {
+export async function chooseBranchKeys(sql: Sql | Tx, input: { plan: DiffPlan; leafNodes: Node[] }): Promise<void> {
+  const { plan, leafNodes } = input;
   const leaves = leavesOf(plan.setOperation!);
   try {
     // Rolled back and isolated like the plan-time probe: a failing statement must not end the caller's transaction.
     await inRolledBackTransaction(sql, async (tx) => {
       for (const leaf of leaves) {
         const block = plan.blocks[leaf.leaf]!;
-        leaf.key = await branchKey(tx, plan, block);
+        leaf.key = await branchKey(tx, plan, { block, node: leafNodes[leaf.leaf]! });
         if (leaf.key !== null && aggregated(block)) {
           const home = await keyHome(tx, plan, { block, key: leaf.key });
           if (home !== null) leaf.keyRef = home;
@@ -80,7 +81,8 @@ export async function chooseBranchKeys(sql: Sql | Tx, plan: DiffPlan): Promise<v
   }
 }
 
-async function branchKey(tx: Tx, plan: DiffPlan, block: BlockData): Promise<number | null> {
+async function branchKey(tx: Tx, plan: DiffPlan, args: { block: BlockData; node: Node }): Promise<number | null> {
+  const { block, node } = args;
   const candidates = block.targets.flatMap((t, i) =>
     !aggregated(block) || (block.groupBy !== null && block.groupKeys.includes(t)) ? [i] : []
   );
@@ -95,7 +97,46 @@ async function branchKey(tx: Tx, plan: DiffPlan, block: BlockData): Promise<numb
     } ${fromWhere(plainFrom(block, plan), "false")}) s ON true`,
     candidates.map((i) => plan.types[i]!),
   );
-  return candidates[row!.same.findIndex((same) => same)] ?? null;
+  const typed = candidates.filter((_, n) => row!.same[n]);
+  for (const i of typed) if (await indexedColumn(tx, plan, { block, node, output: i })) return i;
+  return typed[0] ?? null;
+}
+
+/**
+ * True when output `output` of a branch is a plain column (by the parse tree) of one of its references whose table
+ * has an index leading with that column: the key PostgreSQL can look touched values up by.
+ */
+async function indexedColumn(
+  tx: Tx,
+  plan: DiffPlan,
+  args: { block: BlockData; node: Node; output: number },
+): Promise<boolean> {
+  const { block, node, output } = args;
+  const targetList = list(node, "targetList");
+  // An expanded * shifts positions: its outputs are not matched to the parse tree.
+  if (targetList.length !== block.targets.length) return false;
+  const columnRef = child(child(child(targetList[output], "ResTarget"), "val"), "ColumnRef");
+  const parts = names(list(columnRef, "fields"));
+  if (parts.length === 0 || parts.length > 2 || parts.includes("")) return false;
+  const column = parts.at(-1)!;
+  const relation = parts.length === 2 ? quoteIdent(parts[0]!) : null;
+  for (const r of block.refs) {
+    if (relation !== null && r.exposed !== relation) continue;
+    const src = plan.sources[r.source]!;
+    // The column must be this reference's own, under its table's name for it (no column aliases in between).
+    // Generated from the plan: quoted names only; failing is an answer.
+    const resolves = await tx.savepoint((sp) =>
+      sp.unsafe(`SELECT ${quoteIdent(column)} FROM ${src.table} AS ${r.exposed} WHERE false`)
+    ).then(() => true, () => false);
+    if (!resolves) continue;
+    const [hit] = await tx<{ indexed: boolean }[]>`
+      SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = ${src.relid}::oid AND a.attname = ${column}) AS indexed`;
+    return hit!.indexed;
+  }
+  return false;
 }
 
 /**
