@@ -4,7 +4,7 @@
  */
 import { ConfigError, loadConfig } from "./config.ts";
 import { startEmbedded } from "./db/embedded.ts";
-import { isDriverWriteOnClosedSocket } from "./db/pool.ts";
+import { isDriverConnectionLoss, isDriverWriteOnClosedSocket } from "./db/pool.ts";
 import { systemClock } from "./engine/clock.ts";
 import { DEFAULT_PLANNING, Engine } from "./engine/engine.ts";
 import { loadRules } from "./engine/planner/rules.ts";
@@ -64,6 +64,16 @@ async function main(): Promise<number> {
     event.preventDefault();
     log.warn("a database connection closed under a write; its queries failed and the pool reconnects", {
       error: event.error.message,
+    });
+  });
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    if (!isDriverConnectionLoss(event.reason)) return;
+    event.preventDefault();
+    // The statement's text (the driver keeps it on the error) says which one nobody awaited; never its parameters.
+    const query = String((event.reason as { query?: unknown }).query ?? "").replace(/\s+/g, " ").slice(0, 120);
+    log.warn("a database query failed with its lost connection after its caller had failed; the pool reconnects", {
+      error: (event.reason as Error).message,
+      query,
     });
   });
 

@@ -108,10 +108,11 @@ console.log(
     `load average ${loadBefore.toFixed(1)} before, ${Deno.loadavg()[0]!.toFixed(1)} after\n`,
 );
 if (figures.length > 0) console.log(renderTable(figures));
-const missed = figures.filter((f) => !passes(f));
-if (figures.length > 0) {
+const held = figures.filter((f) => f.goal.kind !== "none");
+const missed = held.filter((f) => !passes(f));
+if (held.length > 0) {
   console.log(
-    `\n${figures.length - missed.length} of ${figures.length} figures meet their goal` +
+    `\n${held.length - missed.length} of ${held.length} figures with a goal meet it` +
       (missed.length > 0 ? `; MISS: ${missed.map((f) => f.name).join("; ")}` : ""),
   );
 }

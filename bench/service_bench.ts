@@ -12,7 +12,8 @@ import { quoteIdent } from "../db/identifiers.ts";
 import { freshDatabase, type TestDatabase } from "../tests/support/db.ts";
 import { type ServiceProcess, spawnService, stopAll } from "../tests/support/process.ts";
 import { changeFacts, FACT_ROWS, loadFacts, type Shape, SHAPES } from "./facts.ts";
-import { type BenchOptions, checkpoint, exec, type Figure, median, timeMs } from "./support.ts";
+import { type BenchOptions, checkpoint, exec, type Figure, median, post, timeMs } from "./support.ts";
+import { statementFigures } from "./statements_bench.ts";
 
 /** Changed rows between refreshes, and the goal against the bare recompute at each (issue: 50x at 100, 20x at 1,000). */
 const CHANGES: { n: number; goal: number }[] = [{ n: 100, goal: 1 / 50 }, { n: 1_000, goal: 1 / 20 }, {
@@ -26,6 +27,7 @@ const RUNS = 10;
 export async function runServiceBench(opts: BenchOptions): Promise<Figure[]> {
   const figures: Figure[] = [];
   figures.push(...await refreshFigures(opts));
+  figures.push(...await statementFigures(opts));
   figures.push(...await freshnessFigures(opts));
   return figures;
 }
@@ -279,18 +281,4 @@ function quoteLiteral(s: string): string {
 function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor(p * s.length))]!;
-}
-
-/** POSTs JSON (or nothing) and checks the status (and the refresh's action, when given). */
-async function post(svc: ServiceProcess, path: string, body: unknown, status: number, action?: string): Promise<void> {
-  const res = await fetch(`${svc.url}${path}`, {
-    method: "POST",
-    ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
-  });
-  const text = await res.text();
-  if (res.status !== status) throw new Error(`POST ${path}: ${res.status} ${text}`);
-  if (action !== undefined) {
-    const got = (JSON.parse(text) as { action?: string }).action;
-    if (got !== action) throw new Error(`POST ${path}: expected a ${action} refresh, got ${got}: ${text}`);
-  }
 }

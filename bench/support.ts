@@ -3,11 +3,19 @@
  * run: these machines are shared and noisy), and the table that bench/main.ts prints.
  */
 import type { Sql } from "../db/pool.ts";
+import type { ServiceProcess } from "../tests/support/process.ts";
 // The project's one median: the cost model's (engine/cost_model.ts), so a bench figure and a refresh prediction agree.
 export { median } from "../engine/cost_model.ts";
 
-/** A goal is either a ceiling on measured / baseline, or a ceiling on the measured time itself. */
-export type Goal = { kind: "ratio"; max: number } | { kind: "ms"; max: number };
+/**
+ * A goal is a ceiling on measured / baseline, a ceiling on the measured time itself (below `max` ms), or, for a figure
+ * that counts (statements), the most it may count; a figure with no goal is only reported.
+ */
+export type Goal =
+  | { kind: "ratio"; max: number }
+  | { kind: "ms"; max: number }
+  | { kind: "at most"; max: number }
+  | { kind: "none" };
 
 /** One line of the bench table: a median time against the median of its baseline, and the goal it is held to. */
 export interface Figure {
@@ -22,6 +30,8 @@ export interface Figure {
   goal: Goal;
   /** Timed runs behind each median. */
   runs: number;
+  /** What the figure counts when it is not a time (then `measuredMs` and `baselineMs` hold counts per run). */
+  unit?: string;
 }
 
 /**
@@ -49,12 +59,16 @@ export function ratio(f: Figure): number {
 
 /** Whether the figure meets its goal. */
 export function passes(f: Figure): boolean {
-  return f.goal.kind === "ratio" ? ratio(f) <= f.goal.max : f.measuredMs < f.goal.max;
+  if (f.goal.kind === "none") return true;
+  if (f.goal.kind === "ratio") return ratio(f) <= f.goal.max;
+  return f.goal.kind === "ms" ? f.measuredMs < f.goal.max : f.measuredMs <= f.goal.max;
 }
 
 /** The goal as printed: "ratio <= 1.3" or "< 5 ms". */
-export function goalText(g: Goal): string {
-  return g.kind === "ratio" ? `ratio <= ${g.max}` : `< ${g.max} ms`;
+export function goalText(g: Goal, unit?: string): string {
+  if (g.kind === "none") return "reported";
+  if (g.kind === "ratio") return `ratio <= ${g.max}`;
+  return g.kind === "ms" ? `< ${g.max} ms` : `<= ${g.max} ${unit ?? ""}`.trimEnd();
 }
 
 /** Milliseconds with precision that suits their size. */
@@ -62,16 +76,21 @@ export function formatMs(ms: number): string {
   return ms >= 100 ? `${ms.toFixed(0)} ms` : ms >= 10 ? `${ms.toFixed(1)} ms` : `${ms.toFixed(2)} ms`;
 }
 
+/** A figure's time, or its count with the unit. */
+function formatValue(f: Figure, v: number): string {
+  return f.unit === undefined ? formatMs(v) : `${Number.isInteger(v) ? v : v.toFixed(1)} ${f.unit}`;
+}
+
 /** The bench table: one line per figure, then what each baseline is. */
 export function renderTable(figures: readonly Figure[]): string {
   const header = ["figure", "measured", "baseline", "ratio", "goal", "result", "runs"];
   const rows = figures.map((f) => [
     f.name,
-    formatMs(f.measuredMs),
-    formatMs(f.baselineMs),
+    formatValue(f, f.measuredMs),
+    formatValue(f, f.baselineMs),
     ratio(f).toFixed(2),
-    goalText(f.goal),
-    passes(f) ? "PASS" : "MISS",
+    goalText(f.goal, f.unit),
+    f.goal.kind === "none" ? "-" : passes(f) ? "PASS" : "MISS",
     String(f.runs),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -96,4 +115,24 @@ export async function exec(sql: Sql, text: string): Promise<void> {
  */
 export async function checkpoint(sql: Sql): Promise<void> {
   await sql.unsafe("CHECKPOINT").catch(() => {});
+}
+
+/** POSTs JSON (or nothing) and checks the status (and the refresh's action, when given). */
+export async function post(
+  svc: ServiceProcess,
+  path: string,
+  body: unknown,
+  status: number,
+  action?: string,
+): Promise<void> {
+  const res = await fetch(`${svc.url}${path}`, {
+    method: "POST",
+    ...(body === undefined ? {} : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+  });
+  const text = await res.text();
+  if (res.status !== status) throw new Error(`POST ${path}: ${res.status} ${text}`);
+  if (action !== undefined) {
+    const got = (JSON.parse(text) as { action?: string }).action;
+    if (got !== action) throw new Error(`POST ${path}: expected a ${action} refresh, got ${got}: ${text}`);
+  }
 }

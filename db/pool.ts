@@ -64,3 +64,26 @@ export function isDriverWriteOnClosedSocket(error: unknown): boolean {
   return error instanceof TypeError && /\bnull\b.*\bwrite\b|\bwrite\b.*\bnull\b/.test(error.message) &&
     /postgres[@/].*connection\.js/.test(error.stack ?? "") && /\bnextWrite\b/.test(error.stack ?? "");
 }
+
+/**
+ * Whether an unhandled rejection is a query of postgres.js failing because its connection was lost (the server ended
+ * the session: 57P01-57P03, or the socket closed) with nobody awaiting it. It happens when sessions are ended under
+ * the driver (pg_terminate_backend, failover) at the wrong moment: a query the driver itself queued (the rollback of
+ * a transaction already failed, a statement sent together with one that failed) is rejected after its caller has its
+ * error from another promise. Nothing is left to do for it; without this check the rejection ends the whole service.
+ * Matched narrowly: the connection-loss codes, on an error raised in the driver's own connection module.
+ */
+export function isDriverConnectionLoss(reason: unknown): boolean {
+  if (!(reason instanceof Error)) return false;
+  const code = (reason as { code?: unknown }).code;
+  const lost = [
+    "57P01",
+    "57P02",
+    "57P03",
+    "CONNECTION_CLOSED",
+    "CONNECTION_DESTROYED",
+    "CONNECTION_ENDED",
+    "ECONNRESET",
+  ];
+  return typeof code === "string" && lost.includes(code) && /postgres[@/].*connection\.js/.test(reason.stack ?? "");
+}

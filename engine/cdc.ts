@@ -275,13 +275,20 @@ export interface DeltaStats {
   truncated: boolean;
 }
 
-/** Counts the delta of one source since `frontier`, as seen by the transaction's snapshot. */
-export async function deltaStats(tx: Tx, relid: number, frontier: string): Promise<DeltaStats> {
-  // bufferName is built from an integer oid and quoted.
+/**
+ * Counts the delta of one source since a frontier, as seen by the transaction's snapshot: `frontier` as pg_snapshot
+ * text, or `{ of: pgtId }` for that stream table's frontier read in the same statement (so a refresh can send the
+ * count with its lock, before it has read the frontier).
+ */
+export async function deltaStats(tx: Tx, relid: number, frontier: string | { of: number }): Promise<DeltaStats> {
+  const since = typeof frontier === "string"
+    ? { param: "$1", value: frontier as string | number }
+    : { param: "(SELECT frontier FROM pgtrickle.pgt_stream_tables WHERE pgt_id = $1)", value: frontier.of };
+  // bufferName is built from an integer oid and quoted; the frontier or the stream table's id is a bind parameter.
   const [row] = await tx.unsafe<{ rows: number; truncated: boolean }[]>(
     `SELECT count(*)::int8 AS rows, coalesce(bool_or(action = 'T'), false) AS truncated FROM ${bufferName(relid)}
-     WHERE ${deltaFilter("$1")}`,
-    [frontier],
+     WHERE ${deltaFilter(since.param)}`,
+    [since.value],
   );
   return { rows: Number(row!.rows), truncated: row!.truncated };
 }

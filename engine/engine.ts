@@ -1,6 +1,6 @@
 /** The engine: the managed databases (pools, migrations) and the scheduler over them. */
 import { connect, type Sql, urlForDatabase } from "../db/pool.ts";
-import { checkServerVersion, installedVersion, latestVersion, migrate } from "../db/migrate.ts";
+import { checkServerVersion, latestVersion, migrate, newestMigration } from "../db/migrate.ts";
 import { quoteIdent } from "../db/identifiers.ts";
 import type { Clock } from "./clock.ts";
 import type { DatabaseContext, EngineSettings } from "./context.ts";
@@ -10,6 +10,7 @@ import { MetricsRegistry } from "./metrics/registry.ts";
 import type { Logger } from "../log.ts";
 import { Scheduler, type SchedulerSettings } from "./scheduler/scheduler.ts";
 import { Planner, type PlannerOptions } from "./planner/planner.ts";
+import { prunesSettled } from "./refresh/prune.ts";
 import { loadRules } from "./planner/rules.ts";
 import { AlertDelivery, type DeliverySettings } from "./alerts/delivery.ts";
 
@@ -140,10 +141,11 @@ export class Engine {
     const databases = await Promise.all(
       this.all().map(async (c) => {
         try {
-          const v = await withTimeout(installedVersion(c.sql), 2000);
+          const { version: v, release } = await withTimeout(newestMigration(c.sql), 2000);
+          const at = `schema version ${v}${release === null ? "" : ` (trickle ${release})`}`;
           return v === latest
-            ? { name: c.name, ok: true, detail: `schema version ${v}` }
-            : { name: c.name, ok: false, detail: `schema version ${v}, expected ${latest}` };
+            ? { name: c.name, ok: true, detail: at }
+            : { name: c.name, ok: false, detail: `${at}, expected ${latest}` };
         } catch (e) {
           return { name: c.name, ok: false, detail: `unreachable: ${e instanceof Error ? e.message : String(e)}` };
         }
@@ -157,6 +159,7 @@ export class Engine {
     await this.scheduler.stop(graceMs);
     await this.planner.stop();
     await this.alerts.stop();
+    await Promise.all(this.all().map(prunesSettled));
     // Closing a pool ends its connections; a refresh still running is rolled back by the server. A connection that
     // failed to connect (server gone) never ends by itself in postgres.js: the timeout bounds it, briefly, since
     // nothing else runs on the pools by now.

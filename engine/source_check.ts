@@ -30,7 +30,7 @@ export interface SourceCheck {
   relids: number[];
 }
 
-interface SourceState {
+export interface SourceState {
   relid: number;
   schema: string;
   name: string;
@@ -44,7 +44,15 @@ interface SourceState {
 
 /** Compares the stream table's sources with the catalog; adapts the stream table or throws SourceChanged. */
 export async function checkSources(tx: Tx, st: StreamTableRow): Promise<SourceCheck> {
-  const sources = await tx<SourceState[]>`
+  return await judgeSources(tx, st, await readSources(tx, st.pgt_id));
+}
+
+/**
+ * The stream table's sources as the catalog records them and as they are now: one query, which the refresh sends
+ * together with its lock (it needs only the id), then judges with `judgeSources`.
+ */
+export async function readSources(tx: Tx, pgtId: number): Promise<SourceState[]> {
+  return await tx<SourceState[]>`
     SELECT d.source_relid::int8 AS relid, d.source_schema AS schema, d.source_name AS name, d.source_columns AS seen,
       n.nspname AS schema_now, c.relname AS name_now, coalesce(b.capture_version, 0) AS capture_version,
       EXISTS (SELECT 1 FROM pg_class g WHERE g.relname = 'guard_' || d.source_relid
@@ -56,8 +64,12 @@ export async function checkSources(tx: Tx, st: StreamTableRow): Promise<SourceCh
     LEFT JOIN pg_class c ON c.oid = d.source_relid
     LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pgtrickle.pgt_change_buffers b ON b.source_relid = d.source_relid
-    WHERE d.pgt_id = ${st.pgt_id}
+    WHERE d.pgt_id = ${pgtId}
     ORDER BY d.source_schema, d.source_name`;
+}
+
+/** Judges the sources `readSources` returned: adapts the stream table or throws SourceChanged. */
+export async function judgeSources(tx: Tx, st: StreamTableRow, sources: SourceState[]): Promise<SourceCheck> {
   const changed: { source: SourceState; changes: string[] }[] = [];
   const added: string[] = [];
   for (const s of sources) {

@@ -120,7 +120,9 @@ Deno.test({
           `round ${round}: the refresh is running`,
         );
         assert.ok(await terminateAll(db.sql, svc.pid) > 0);
-        const res = await refreshing.catch((e) => {
+        const res = await refreshing.catch(async (e) => {
+          // The log to its end: a process that died has written why by the time its exit is seen.
+          await Promise.race([svc.status, new Promise((r) => setTimeout(r, 2000))]);
           throw new Error(`round ${round}: no answer (${e}); the service's log:\n${svc.log().slice(-4000)}`);
         });
         const text = await res.text();

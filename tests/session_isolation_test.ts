@@ -24,7 +24,10 @@ interface SessionState {
   advisory_locks: number;
 }
 
-/** What a user could notice about a session; schema-qualified so that a changed search_path cannot hide it. */
+/**
+ * What a user could notice about a session; schema-qualified so that a changed search_path cannot hide it. The
+ * engine's own delta tables (`pgt_delta_*`), which a session keeps so that a refresh runs no DDL, are not counted.
+ */
 async function sessionState(sql: Sql): Promise<SessionState> {
   const [row] = await sql<SessionState[]>`
     SELECT pg_catalog.current_setting('search_path') AS search_path,
@@ -34,8 +37,8 @@ async function sessionState(sql: Sql): Promise<SessionState> {
       current_user::text AS current_user, session_user::text AS session_user,
       (SELECT count(*) FROM pg_catalog.pg_listening_channels())::int8 AS listening,
       (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)::int8 AS prepared,
-      (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())::int8
-        AS temp_relations,
+      (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()
+        AND relname NOT LIKE 'pgt\_delta\_%')::int8 AS temp_relations,
       (SELECT count(*) FROM pg_catalog.pg_locks
        WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())::int8 AS advisory_locks`;
   return row!;

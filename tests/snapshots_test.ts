@@ -11,6 +11,7 @@ import { one } from "./support/rows.ts";
 import { dbTest, type TestServiceOptions } from "./support/service.ts";
 import type { RestoreResult, Snapshot } from "../engine/snapshots.ts";
 import { refreshStreamTable } from "../engine/refresh/refresh.ts";
+import { prunesSettled } from "../engine/refresh/prune.ts";
 
 type SnapshotJson = Omit<Snapshot, "created_at"> & { created_at: string; database: string };
 type RestoreJson = RestoreResult;
@@ -206,7 +207,8 @@ Deno.test({
       const snap = await snapshot(oracle, { stream_table: "totals" });
       const rows = await rowsOf(sql, snap.snapshot);
       await change(sql, 0);
-      await st.refresh(); // its prune finds the snapshot pinning more than 5 changes
+      await st.refresh(); // its prune (which runs after the refresh commits) finds the snapshot pinning > 5 changes
+      await prunesSettled(oracle.ctx);
       const listed = await ok<SnapshotJson>(await oracle.service.request("GET", `/snapshots/${snap.snapshot}`));
       assert.equal(listed.retention_state, "rows_only");
       assert.match(listed.rows_only_reason ?? "", /above the retention limit of 5 rows/);

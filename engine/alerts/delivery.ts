@@ -46,6 +46,9 @@ interface Outcome {
   retryAfterMs: number | null;
 }
 
+/** How often an instance without sinks looks at the outbox. */
+const IDLE_POLL_MS = 60_000;
+
 /** Sends due alert deliveries of every managed database. */
 export class AlertDelivery {
   readonly #dbs: DatabaseContext[];
@@ -66,15 +69,23 @@ export class AlertDelivery {
     this.#webhooks = new Map(settings.sinks.webhooks.map((w) => [w.url, new Webhook(w.secret)]));
   }
 
-  /** Looks for due deliveries every pollMs until stopped. */
+  /**
+   * Looks for due deliveries every pollMs until stopped. An instance with no sink configured writes no deliveries,
+   * so it looks only every IDLE_POLL_MS (for rows left by an earlier configuration, which it marks dead), and does
+   * not keep a database busy twice a second for nothing.
+   */
   start(): void {
+    const { webhooks, alertmanagerUrl } = this.#settings.sinks;
+    const pollMs = webhooks.length === 0 && alertmanagerUrl === null
+      ? Math.max(this.#settings.pollMs, IDLE_POLL_MS)
+      : this.#settings.pollMs;
     this.#stopped = false;
     this.#started = true;
     const loop = async () => {
       if (this.#stopped) return;
       this.#running = this.deliverAll().then(() => {});
       await this.#running;
-      if (!this.#stopped) this.#timer = setTimeout(loop, this.#settings.pollMs);
+      if (!this.#stopped) this.#timer = setTimeout(loop, pollMs);
     };
     this.#timer = setTimeout(loop, 0);
   }

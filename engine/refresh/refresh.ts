@@ -7,7 +7,7 @@
 import type { Tx } from "../../db/pool.ts";
 import { isPgError, LOCK_NOT_AVAILABLE, withRetry } from "../../db/errors.ts";
 import { lockStreamTable, type StreamTableRow } from "../catalog.ts";
-import { deltaStats, pruneBuffer, tableName } from "../cdc.ts";
+import { type DeltaStats, deltaStats, tableName } from "../cdc.ts";
 import type { DatabaseContext } from "../context.ts";
 import {
   type CostSample,
@@ -15,11 +15,12 @@ import {
   type RefreshCostPrediction,
   refreshCostPrediction,
 } from "../cost_model.ts";
-import { checkSources } from "../source_check.ts";
+import { judgeSources, readSources } from "../source_check.ts";
 import { TrickleError } from "../errors.ts";
 import type { RefreshFacts } from "../events.ts";
 import { nextDueAfter } from "../schedule.ts";
 import { applyFull } from "./full.ts";
+import { schedulePrune } from "./prune.ts";
 import { applyDifferential } from "./differential/differential.ts";
 
 export type Initiator = "CREATE" | "SCHEDULER" | "MANUAL";
@@ -108,19 +109,25 @@ export async function refreshStreamTable(
     const result = await withRetry(() =>
       ctx.sql.begin("isolation level repeatable read", async (tx) => {
         // Sent together (one round trip): the lock's statement is the transaction's first, so it takes the snapshot
-        // S that the second reads back.
-        const [locked, [snap]] = await Promise.all([
+        // S that the others read: S itself, the sources' state, and the delta counts of the sources this stream
+        // table had at its last refresh (a stream table's sources do not change; they are checked below).
+        const known = knownSources.get(ctx)?.get(pgtId) ?? [];
+        const [locked, snap, states, ...counted] = await settledInOrder([
           lockOrSkip(tx, pgtId, options),
-          tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`,
-        ]);
+          tx<{ s: string }[]>`SELECT pg_current_snapshot()::text AS s`.then((r) => r[0]!),
+          readSources(tx, pgtId),
+          ...known.map((relid) => deltaStats(tx, relid, { of: pgtId })),
+        ]) as [StreamTableRow, { s: string }, Awaited<ReturnType<typeof readSources>>, ...DeltaStats[]];
         // A source dropped or changed under the stream table fails here with its reason, or forces a FULL refresh.
-        const { st, fullReason: sourceReason, relids } = await checkSources(tx, locked);
+        const { st, fullReason: sourceReason, relids } = await judgeSources(tx, locked, states);
         // A restore that could not keep the changes since its snapshot left the reason here (engine/snapshots.ts).
         const fullReason = sourceReason ?? st.pending_full_reason;
         sources = relids;
+        rememberSources(ctx, pgtId, relids);
+        const stats = sameSet(known, relids) ? new Map(known.map((relid, i) => [relid, counted[i]!])) : null;
         const changes = new Map<number, number>();
         const decision = fullReason === null
-          ? await decide(ctx, tx, { st, sources, changes })
+          ? await decide(ctx, tx, { st, sources, changes, stats })
           : { action: "FULL" as const, reason: fullReason, deltaRows: 0 };
         attempted = decision.action;
         const target = { schema: st.pgt_schema, name: st.pgt_name };
@@ -128,21 +135,37 @@ export async function refreshStreamTable(
         if (decision.action === "FULL") {
           counts = await applyFull(tx, { plan: st.plan, target });
         } else if (decision.action === "DIFFERENTIAL") {
-          const r = await applyDifferential(tx, { plan: st.plan, target, frontier: st.frontier!, changes });
+          // The sources' columns as read with the lock: the delta tables are kept per session and source shape.
+          const shapes = new Map(states.map((x) => [Number(x.relid), JSON.stringify(x.now)]));
+          const r = await applyDifferential(tx, { plan: st.plan, target, frontier: st.frontier!, changes, shapes });
           counts = { inserted: r.inserted, deleted: r.deleted };
         }
         const durationMs = performance.now() - t0;
         const due = nextDueAfter(st.schedule, startedAt);
         if (due.error !== null) ctx.log.warn("a stream table is not scheduled", { pgt_id: pgtId, error: due.error });
         const rowCount = decision.action === "FULL" ? counts.inserted : st.row_count + counts.inserted - counts.deleted;
-        // The catalog and history writes are sent together (one round trip).
-        await Promise.all([
+        facts = {
+          db_name: ctx.name,
+          db_oid: ctx.oid,
+          pgt_id: pgtId,
+          stream_table: `${st.pgt_schema}.${st.pgt_name}`,
+          action: decision.action,
+          reason: decision.reason,
+          initiated_by: options.initiatedBy,
+          duration_ms: durationMs,
+          rows_inserted: counts.inserted,
+          rows_deleted: counts.deleted,
+          delta_rows: decision.deltaRows,
+        };
+        // The catalog and history writes, and the effects that must commit with this refresh (an alert outbox row:
+        // the committing hooks), are sent together (one round trip where the hooks need one statement).
+        await settledInOrder([
           // Only the frontier moves. Losing this commit in a crash leaves the previous frontier, which is just as
           // exact, so the commit need not wait for the WAL flush.
           ...(decision.action === "NO_DATA" ? [tx`SET LOCAL synchronous_commit = off`] : []),
           tx`
           UPDATE pgtrickle.pgt_stream_tables SET
-            frontier = ${snap!.s}::pg_snapshot,
+            frontier = ${snap.s}::pg_snapshot,
             row_count = ${rowCount},
             last_refresh_at = ${startedAt},
             last_full_ms = ${decision.action === "FULL" ? durationMs : st.last_full_ms},
@@ -160,22 +183,8 @@ export async function refreshStreamTable(
           VALUES (${pgtId}, ${startedAt}, ${new Date(startedAt.getTime() + durationMs)}, ${durationMs},
             ${decision.action}, 'SUCCESS', ${counts.inserted}, ${counts.deleted}, ${decision.deltaRows},
             ${options.initiatedBy}, ${decision.reason})`,
+          ctx.events.refreshCommitting(tx, facts),
         ]);
-        facts = {
-          db_name: ctx.name,
-          db_oid: ctx.oid,
-          pgt_id: pgtId,
-          stream_table: `${st.pgt_schema}.${st.pgt_name}`,
-          action: decision.action,
-          reason: decision.reason,
-          initiated_by: options.initiatedBy,
-          duration_ms: durationMs,
-          rows_inserted: counts.inserted,
-          rows_deleted: counts.deleted,
-          delta_rows: decision.deltaRows,
-        };
-        // Effects that must commit with this refresh (an alert outbox row) are written here, in its transaction.
-        await ctx.events.refreshCommitting(tx, facts);
         return {
           pgt_id: pgtId,
           action: decision.action,
@@ -184,12 +193,12 @@ export async function refreshStreamTable(
           rows_deleted: counts.deleted,
           delta_rows: decision.deltaRows,
           duration_ms: durationMs,
-          frontier: snap!.s,
+          frontier: snap.s,
         } satisfies RefreshResult;
       })
     );
     ctx.events.emit({ type: "refresh_committed", ...facts! });
-    if (result.delta_rows > 0) await prune(ctx, sources);
+    if (result.delta_rows > 0) schedulePrune(ctx, sources);
     return result;
   } catch (e) {
     if (e instanceof RefreshBusy || (e instanceof TrickleError && e.code === "StreamTableNotFound")) throw e;
@@ -213,7 +222,7 @@ async function lockOrSkip(tx: Tx, pgtId: number, options: RefreshOptions): Promi
 async function decide(
   ctx: DatabaseContext,
   tx: Tx,
-  input: { st: StreamTableRow; sources: number[]; changes: Map<number, number> },
+  input: { st: StreamTableRow; sources: number[]; changes: Map<number, number>; stats: Map<number, DeltaStats> | null },
 ): Promise<Decision> {
   const { st, sources, changes } = input;
   if (st.frontier === null) {
@@ -230,8 +239,10 @@ async function decide(
   }
   let deltaRows = 0;
   let truncated = false;
-  // One round trip for all sources.
-  const stats = await Promise.all(sources.map((relid) => deltaStats(tx, relid, st.frontier!)));
+  // Counted with the lock already, unless the sources were not known then; else one round trip for all sources.
+  const stats = input.stats !== null
+    ? sources.map((relid) => input.stats!.get(relid)!)
+    : await Promise.all(sources.map((relid) => deltaStats(tx, relid, st.frontier!)));
   sources.forEach((relid, i) => {
     deltaRows += stats[i]!.rows;
     truncated ||= stats[i]!.truncated;
@@ -281,16 +292,6 @@ export async function costEstimate(tx: Tx, pgtId: number): Promise<RefreshCostPr
       WHERE pgt_id = ${pgtId} AND status = 'SUCCESS' AND action IN ('FULL', 'DIFFERENTIAL')
     ) recent WHERE rn <= ${PREDICTION_WINDOW}`;
   return refreshCostPrediction(samples);
-}
-
-async function prune(ctx: DatabaseContext, sources: number[]): Promise<void> {
-  for (const relid of sources) {
-    try {
-      await ctx.sql.begin((tx) => pruneBuffer(tx, relid, ctx.settings));
-    } catch (e) {
-      ctx.log.warn("buffer prune failed", { source_relid: relid, error: e });
-    }
-  }
 }
 
 async function recordFailure(
@@ -343,4 +344,31 @@ async function recordFailure(
   } catch (e) {
     ctx.log.error("could not record a refresh failure", { pgt_id: pgtId, error: e });
   }
+}
+
+/**
+ * Each stream table's sources as its last refresh found them, per database context: the next refresh counts their
+ * deltas in its first round trip. Only a hint: the refresh checks it against the sources it reads.
+ */
+const knownSources = new WeakMap<DatabaseContext, Map<number, number[]>>();
+
+function rememberSources(ctx: DatabaseContext, pgtId: number, relids: number[]): void {
+  let byId = knownSources.get(ctx);
+  if (byId === undefined) knownSources.set(ctx, byId = new Map());
+  byId.set(pgtId, relids);
+}
+
+function sameSet(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((x) => b.includes(x));
+}
+
+/**
+ * Awaits statements sent together on one transaction and returns their results; when some fail, throws the error of
+ * the first in sending order (the one that made the rest fail, which PostgreSQL then refuses as an aborted
+ * transaction).
+ */
+async function settledInOrder(promises: Promise<unknown>[]): Promise<unknown[]> {
+  const settled = await Promise.allSettled(promises);
+  for (const s of settled) if (s.status === "rejected") throw s.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value);
 }

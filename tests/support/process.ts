@@ -16,6 +16,8 @@ export interface ServiceOptions {
   /** The HTTP port; omitted: a free one. */
   port?: number;
   env?: Record<string, string>;
+  /** The main.ts to run (another release's, unpacked) and its directory; default this checkout's. */
+  main?: string;
 }
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -23,8 +25,11 @@ const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 /** Starts main.ts without waiting for it; see `spawnService` for a started service. */
 export async function launchService(options: ServiceOptions = {}): Promise<ServiceProcess> {
   const port = options.port ?? await freePort();
+  const main = options.main ?? MAIN;
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN],
+    args: ["run", "-A", main],
+    // Deno reads deno.json (imports, versions) from the working directory.
+    cwd: new URL(".", `file://${main}`).pathname,
     env: {
       ...(options.databaseUrl === undefined ? {} : { DATABASE_URL: options.databaseUrl }),
       TRICKLE_PORT: String(port),

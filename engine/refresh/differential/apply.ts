@@ -12,7 +12,7 @@ import type { Deltas } from "./delta_sql.ts";
 import type { DiffPlan, SourceData } from "./diff_plan.ts";
 import { setOperationWriteStatement } from "./set_operations.ts";
 import { strategyOf } from "./strategies/strategy.ts";
-import { createDeltaTable } from "./temp_tables.ts";
+import { createDeltaTable, sessionDeltaTable, shapeTag } from "./temp_tables.ts";
 
 export interface ApplyOptions {
   plan: QueryPlan;
@@ -21,6 +21,11 @@ export interface ApplyOptions {
   frontier: string;
   /** Buffer rows in the delta per source relid, when the caller has counted them already. */
   changes?: Map<number, number>;
+  /**
+   * Each source's columns and types as text, per relid, when the caller has read them (a refresh has): the delta
+   * tables are then kept for the session (temp_tables.ts sessionDeltaTable). Absent: created and dropped per call.
+   */
+  shapes?: Map<number, string>;
 }
 
 export interface ApplyResult {
@@ -51,13 +56,24 @@ export async function applyDifferential(tx: Tx, options: ApplyOptions): Promise<
     )).filter((c) => Number(c.rows) > 0);
   if (changed.length === 0) return { inserted: 0, deleted: 0 };
   // The delta SQL evaluates the query's expressions: isolated, so nothing they do to the session outlives them.
-  return await withUserSql(tx, (sp) => applyChanges(sp, { plan, target, frontier: options.frontier, changed }));
+  const shapes = options.shapes;
+  return await withUserSql(
+    tx,
+    (sp) => applyChanges(sp, { plan, target, frontier: options.frontier, changed, shapes }),
+    { nonVolatile: true },
+  );
 }
 
 /** Computes and applies the delta of the sources in `changed` (index into plan.sources, buffer rows). */
 async function applyChanges(
   tx: Tx,
-  input: { plan: DiffPlan; target: string; frontier: string; changed: { i: number; rows: number }[] },
+  input: {
+    plan: DiffPlan;
+    target: string;
+    frontier: string;
+    changed: { i: number; rows: number }[];
+    shapes: Map<number, string> | undefined;
+  },
 ): Promise<ApplyResult> {
   const { plan, target, changed } = input;
   const result: ApplyResult = { inserted: 0, deleted: 0 };
@@ -76,32 +92,37 @@ async function applyChanges(
     deltas.tables.set(Number(only!.i), `(${rawChanges(s)}) AS ${quoteIdent(`pgt_raw_${s.relid}`)}`);
   }
   const params = inline ? [input.frontier] : [];
-  for (const { i } of inline ? [] : changed) {
+  // Every changed source's delta table is created (when the session lacks it), filled and analyzed in one round trip.
+  const filled = await Promise.all((inline ? [] : changed).map(async ({ i }) => {
     const s = plan.sources[Number(i)]!;
-    const name = await createDeltaTable(tx, { name: `pgt_delta_${s.relid}`, source: s });
+    const shape = input.shapes?.get(s.relid);
+    const table = shape === undefined
+      ? { name: await createDeltaTable(tx, { name: `pgt_delta_${s.relid}`, source: s }), created: null }
+      : sessionDeltaTable(tx, { source: s, shape: shapeTag(shape) });
     const key = s.key.join(", ");
     // Consolidated per key (unless linear, above): the row as it was at the frontier (weight -1; the first change of
     // a key, in (change_id, action) order, is a 'D' exactly when the key existed then) and as it is now (+1: the last
     // change is an 'I' exactly when the key exists in the refresh's snapshot, and it is that row, so the source table
     // itself is not read). A key changed a thousand times is two rows.
-    const consolidated = await tx.unsafe(
-      linear ? `INSERT INTO ${name} ${rawChanges(s)}` : `WITH raw AS MATERIALIZED (
+    const fill = tx.unsafe(
+      linear ? `INSERT INTO ${table.name} ${rawChanges(s)}` : `WITH raw AS MATERIALIZED (
          SELECT change_id, action, ${s.columns.join(", ")} FROM ${s.buffer}
          WHERE action IN ('I', 'D') AND ${deltaFilter("$1")})
-       INSERT INTO ${name}
+       INSERT INTO ${table.name}
        SELECT ${s.columns.join(", ")}, -1 FROM (
          SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id, action) f WHERE action = 'D'
        UNION ALL
        SELECT ${s.columns.join(", ")}, 1 FROM (
          SELECT DISTINCT ON (${key}) * FROM raw ORDER BY ${key}, change_id DESC, action DESC) l WHERE action = 'I'`,
       [input.frontier],
-    );
-    if (consolidated.count === 0) continue;
+    ).execute();
     // Statistics on the delta let the planner pick index lookups for small deltas (a hash join over a whole
     // dimension table cost more than the ANALYZE) and hash joins for large ones.
-    await tx.unsafe(`ANALYZE ${name}`);
-    deltas.tables.set(Number(i), name);
-  }
+    const analyzed = tx.unsafe(`ANALYZE ${table.name}`).execute();
+    const [, consolidated] = await Promise.all([table.created, fill, analyzed]);
+    return { i: Number(i), name: table.name, rows: consolidated.count };
+  }));
+  for (const f of filled) if (f.rows > 0) deltas.tables.set(f.i, f.name);
   // A set operation other than UNION ALL is one statement over all its branches (set_operations.ts).
   const statements = plan.setOperation
     ? (deltas.tables.size > 0 ? [setOperationWriteStatement(plan, { target, deltas })] : [])

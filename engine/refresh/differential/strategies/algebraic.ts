@@ -168,8 +168,10 @@ function applyAlgebraic(plan: DiffPlan, block: BlockData, target: string, deltas
     if ("group" in o) groupCols.push([plan.columns[c]!, cast(plan, c, `d."g${o.group}"`)]);
   });
   const inserts = [...groupCols, [ROW_ID, "d.rid"] as [string, string], ...fresh(() => "0")];
+  // Only a group whose count falls can vanish: saying so (d.dc < 0) keeps the planner to index lookups for the few
+  // such groups, where it otherwise hashed the whole stream table (43 of 53 ms at 1,000 changed rows over 100k groups).
   const del = alg.global ? "SELECT 1 WHERE false" : `DELETE FROM ${target} st USING d
-      WHERE st.${ROW_ID} = d.rid AND st.${count} + d.dc = 0 RETURNING 1`;
+      WHERE d.dc < 0 AND st.${ROW_ID} = d.rid AND st.${count} + d.dc = 0 RETURNING 1`;
   return `WITH d AS MATERIALIZED (${algebraicChanges(block, plan, deltas)}),
     del AS (${del}),
     upd AS (
