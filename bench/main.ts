@@ -5,7 +5,7 @@
  *
  *   deno task bench                          all benchmarks
  *   deno task bench --only service           one suite: foundation, differential, service, http, metrics, cluster,
- *                                            snapshots, planner, partition, tpch
+ *                                            snapshots, planner, partition, tpch, set_operations
  *   BENCH_CLUSTER_SECONDS=10 deno task bench --only cluster   a quick cluster run (default 60 s)
  *
  * A figure that misses its goal is printed as MISS; the exit code is non-zero only when a benchmark fails to run.
@@ -22,6 +22,7 @@ import { runClusterBench } from "./cluster_bench.ts";
 import { runPlannerBench } from "./planner_bench.ts";
 import { runPartitionBench } from "./partition_bench.ts";
 import { runTpchBench } from "./tpch_bench.ts";
+import { runSetOperationsBench } from "./set_operations_bench.ts";
 import { type BenchOptions, type Figure, passes, renderTable } from "./support.ts";
 
 /** Each suite creates its own fresh databases on the server and returns its figures. */
@@ -36,6 +37,7 @@ const SUITES = {
   planner: runPlannerBench,
   partition: runPartitionBench,
   tpch: runTpchBench,
+  set_operations: runSetOperationsBench,
 } satisfies Record<string, (opts: BenchOptions) => Promise<Figure[]>>;
 type Suite = keyof typeof SUITES;
 

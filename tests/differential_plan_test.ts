@@ -138,6 +138,107 @@ Deno.test({
         assert.deepEqual([topk.keys, topk.rowId, topk.tail], [[], "group", "ORDER BY m DESC LIMIT 3"]);
         assert.match(topk.notes.join(), /top-k/);
       });
+      await t.step(
+        "set operations: one tree over the branches, sets keyed by value, multisets by value and copy",
+        async () => {
+          const leaf = (n: number, key: number | null = 0) => ({ leaf: n, key });
+          const set = ["__pgt_row_id"];
+          const multi = ["__pgt_row_id", "__pgt_part"];
+          const cases: [string, unknown, string[], string[], string[][]][] = [
+            [
+              "SELECT id FROM t UNION SELECT id FROM u",
+              { op: "union", all: false, left: leaf(0), right: leaf(1) },
+              [
+                "rows",
+                "rows",
+              ],
+              set,
+              [],
+            ],
+            [
+              "SELECT id FROM t EXCEPT SELECT t_id FROM u",
+              { op: "except", all: false, left: leaf(0), right: leaf(1) },
+              [
+                "rows",
+                "rows",
+              ],
+              set,
+              [],
+            ],
+            [
+              "SELECT g, v FROM t INTERSECT ALL SELECT t.g, u.w FROM t JOIN u ON u.t_id = t.id",
+              { op: "intersect", all: true, left: leaf(0), right: leaf(1) },
+              ["rows", "rows"],
+              multi,
+              [["__pgt_part"]],
+            ],
+            // UNION ALL and EXCEPT ALL bind alike (left first); INTERSECT binds tighter.
+            [
+              "SELECT id FROM t UNION ALL SELECT id FROM u EXCEPT ALL SELECT w FROM u",
+              {
+                op: "except",
+                all: true,
+                left: { op: "union", all: true, left: leaf(0), right: leaf(1) },
+                right: leaf(2),
+              },
+              ["rows", "rows", "rows"],
+              multi,
+              [["__pgt_part"]],
+            ],
+            [
+              "SELECT g FROM t UNION ALL SELECT t_id FROM u INTERSECT SELECT g FROM t GROUP BY g HAVING max(v) > 1",
+              {
+                op: "union",
+                all: true,
+                left: leaf(0),
+                // The aggregated branch's key g reads t alone: its restriction goes inside t's state at the frontier.
+                right: { op: "intersect", all: false, left: leaf(1), right: { ...leaf(2), keyRef: 0 } },
+              },
+              ["rows", "rows", "recompute"],
+              multi,
+              [["__pgt_part"]],
+            ],
+            // A branch's key is its first output already of the output's type: v is int where the output is bigint.
+            [
+              "SELECT v, s FROM t EXCEPT SELECT g::bigint, s FROM t",
+              { op: "except", all: false, left: leaf(0, 1), right: leaf(1, 0) },
+              ["rows", "rows"],
+              set,
+              [],
+            ],
+            // An indexed plain column is preferred as the key: here each branch's primary key, the second output.
+            [
+              "SELECT v, id FROM t UNION SELECT u.w, u.id FROM u",
+              { op: "union", all: false, left: leaf(0, 1), right: leaf(1, 1) },
+              ["rows", "rows"],
+              set,
+              [],
+            ],
+            // No key: g is int where the output is bigint; count(*) is no group key.
+            [
+              "SELECT DISTINCT g FROM t EXCEPT SELECT count(*) FROM u",
+              { op: "except", all: false, left: leaf(0, null), right: leaf(1, null) },
+              ["recompute", "recompute"],
+              set,
+              [],
+            ],
+          ];
+          for (const [query, tree, blocks, hidden, indexes] of cases) {
+            const p = await plan(sql, query);
+            assert.equal(p.unsupportedReason, null, query);
+            assert.deepEqual((p.differential as { setOperation: unknown }).setOperation, tree, query);
+            assert.deepEqual(strategies(p), blocks, query);
+            assert.deepEqual(p.hiddenColumns.map((c) => c.name), hidden, query);
+            assert.deepEqual(p.indexes, indexes, query);
+            assert.deepEqual(p.uniqueKey, ["__pgt_row_id"]);
+            assert.deepEqual(JSON.parse(JSON.stringify(p)), p);
+          }
+          // A tree of UNION ALL alone stays a list of independent blocks.
+          const unionAll = await plan(sql, "SELECT id FROM t UNION ALL SELECT id FROM u");
+          assert.equal((unionAll.differential as { setOperation?: unknown }).setOperation, undefined);
+          assert.equal(unionAll.indexes, undefined);
+        },
+      );
 
       await t.step("unsupported queries name the construct", async () => {
         const cases: [string, string][] = [
@@ -145,9 +246,6 @@ Deno.test({
           ["SELECT a, b FROM nokey", "source without primary key (public.nokey)"],
           ["SELECT id, random() AS r FROM t", "volatile function random()"],
           ["SELECT id, nextval('seq') AS n FROM t", "volatile function nextval()"],
-          ["SELECT id FROM t UNION SELECT id FROM u", "UNION without ALL"],
-          ["SELECT id FROM t INTERSECT SELECT id FROM u", "INTERSECT"],
-          ["SELECT id FROM t EXCEPT SELECT id FROM u", "EXCEPT"],
           ["WITH RECURSIVE x AS (SELECT id FROM t) SELECT id FROM x", "WITH RECURSIVE"],
           ["SELECT g, count(*) AS c FROM t GROUP BY ROLLUP (g)", "GROUPING SETS, ROLLUP or CUBE"],
           [
@@ -176,6 +274,10 @@ Deno.test({
           ["SELECT DISTINCT g, rank() OVER (ORDER BY g) AS r FROM t", "DISTINCT together with window functions"],
           ["SELECT DISTINCT ON (g) g, count(*) AS c FROM t GROUP BY g", "DISTINCT ON together with aggregates"],
           ["SELECT id FROM t WHERE v IN (SELECT a FROM nokey)", "source without primary key (public.nokey)"],
+          // Set operations keep the reasons of their branches and of a LIMIT anywhere in the tree.
+          ["SELECT id FROM t UNION SELECT id FROM u LIMIT 3", "LIMIT/OFFSET"],
+          ["(SELECT id FROM t LIMIT 1) INTERSECT SELECT id FROM u", "LIMIT/OFFSET"],
+          ["SELECT id FROM t EXCEPT ALL SELECT a FROM nokey", "source without primary key (public.nokey)"],
         ];
         for (const [query, reason] of cases) {
           let p;

@@ -10,6 +10,7 @@ import { deltaFilter } from "../../cdc.ts";
 import type { QueryPlan } from "../../plan.ts";
 import type { Deltas } from "./delta_sql.ts";
 import { blockSources, type DiffPlan, type SourceData } from "./diff_plan.ts";
+import { setOperationWriteStatement } from "./set_operations.ts";
 import { strategyOf } from "./strategies/strategy.ts";
 import { createDeltaTable, sessionDeltaTable, shapeTag } from "./temp_tables.ts";
 
@@ -122,9 +123,12 @@ async function applyChanges(
     return { i: Number(i), name: table.name, rows: consolidated.count };
   }));
   for (const f of filled) if (f.rows > 0) deltas.tables.set(f.i, f.name);
-  for (const block of plan.blocks) {
-    if (!blockSources(block).some((s) => deltas.tables.has(s))) continue;
-    const statement = strategyOf(block).writeStatement(block, plan, { target, deltas });
+  // A set operation other than UNION ALL is one statement over all its branches (set_operations.ts).
+  const statements = plan.setOperation
+    ? (deltas.tables.size > 0 ? [setOperationWriteStatement(plan, { target, deltas })] : [])
+    : plan.blocks.filter((block) => blockSources(block).some((s) => deltas.tables.has(s)))
+      .map((block) => strategyOf(block).writeStatement(block, plan, { target, deltas }));
+  for (const statement of statements) {
     const [row] = await tx.unsafe<{ inserted: number; updated: number; deleted: number }[]>(statement, params);
     // An update counts as a deleted and an inserted row, so that inserted - deleted is the change in row count.
     result.inserted += Number(row!.inserted) + Number(row!.updated);

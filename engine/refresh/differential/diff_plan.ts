@@ -102,6 +102,28 @@ export interface SourceData {
   key: string[];
 }
 
+/**
+ * A tree of set operations over the blocks (set_operations.ts): a leaf is a block's index. Absent or null when the
+ * query is one block or a UNION ALL of blocks, each maintained on its own.
+ */
+export interface SetLeaf {
+  leaf: number;
+  /**
+   * An output position whose expression in this branch already has the output's type: a refresh restricts the
+   * branch by it with a plain `IN` (an index on the expression can serve), or null.
+   */
+  key: number | null;
+  /** Aggregated branch: the table reference (index into the block's refs) the key reads alone, if any. */
+  keyRef?: number;
+}
+
+export type SetNode = SetLeaf | {
+  op: "union" | "intersect" | "except";
+  all: boolean;
+  left: SetNode;
+  right: SetNode;
+};
+
 /** The `differential` field of a QueryPlan the planner produces. */
 export interface DiffPlan {
   version: 1;
@@ -114,6 +136,8 @@ export interface DiffPlan {
   textCompared: boolean[];
   /** What a reader of the plan should know about its cost (e.g. "whole-table window: ..."); absent: none. */
   notes?: string[];
+  /** Set operations other than UNION ALL: the whole tree is maintained by value (set_operations.ts). */
+  setOperation?: SetNode | null;
 }
 
 /** The engine's row identity column on every differentially maintained stream table. */

@@ -19,13 +19,16 @@
  *   delta touches (outer-join core keys, group keys, PARTITION BY keys, DISTINCT ON keys, or the whole result) are
  *   recomputed and written where they differ.
  *
+ * A tree of set operations other than UNION ALL (UNION, INTERSECT, EXCEPT, their ALL forms) is maintained as one
+ * unit by value (set_operations.ts): the values the delta touches are recomputed through the whole tree.
+ *
  * Everything in the plan is JSON (stored in the catalog); SQL is assembled at refresh time from the plan's pieces.
  *
  * This is the folder's one public module. Inside: query_reading.ts (parse tree and tokens), flatten.ts and
  * flatten_merge.ts (WITH queries and simple subqueries in FROM rewritten away before planning), planning.ts,
  * block_planning.ts, partition_planning.ts and sublink_planning.ts (what is supported, and how), functions.ts (what
- * the query's functions allow), diff_plan.ts (the stored plan), delta_sql.ts and strategies/ (the SQL, free of any
- * apply step), apply.ts (running it).
+ * the query's functions allow), diff_plan.ts (the stored plan), delta_sql.ts, strategies/ and set_operations.ts (the
+ * SQL, free of any apply step), apply.ts (running it).
  */
 export { applyDifferential, type ApplyOptions, type ApplyResult } from "./apply.ts";
 export type { DiffPlan } from "./diff_plan.ts";

@@ -1,6 +1,6 @@
 /**
  * Planning: whether a defining query is maintained differentially, and how. The query is read (query_reading.ts),
- * refused with the construct's name when the engine cannot maintain it, cut into blocks (one per UNION ALL branch,
+ * refused with the construct's name when the engine cannot maintain it, cut into blocks (one per set-operation branch,
  * block_planning.ts), each given a strategy; the SQL every refresh will run is then checked against the database.
  */
 import { loadModule, parseSync } from "libpg-query";
@@ -15,6 +15,14 @@ import { type BlockData, type DiffPlan, PART, ROW_ID, type SourceData, Unsupport
 import { flattenQuery } from "./flatten.ts";
 import { type FunctionFacts, functionFacts } from "./functions.ts";
 import { child, expandTableCommands, list, type Node, QueryText } from "./query_reading.ts";
+import {
+  chooseBranchKeys,
+  readSetOperations,
+  setOperationChangeQueries,
+  setOperationFullSelect,
+  setOperationHiddenColumns,
+  setOperationIndexes,
+} from "./set_operations.ts";
 import { algebraicHiddenColumns } from "./strategies/algebraic.ts";
 import { strategyOf } from "./strategies/strategy.ts";
 import { createDeltaTable } from "./temp_tables.ts";
@@ -54,8 +62,8 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   });
   const text = new QueryText(query);
   const stmt = query === expanded ? expandedTree : reparse(query);
-  const leaves = unionLeaves(stmt);
-  // A simple SELECT may end in ORDER BY ... LIMIT (top-k, planned with its block); a UNION ALL may not.
+  const { leaves, tree } = readSetOperations(stmt, checkSetOperationSide);
+  // A simple SELECT may end in ORDER BY ... LIMIT (top-k, planned with its block); a set operation may not.
   if (leaves.length > 1) checkSetOperationTop(stmt);
   else if (list(stmt, "lockingClause").length > 0) unsupported("FOR UPDATE/SHARE");
   const union = leaves.length > 1;
@@ -81,6 +89,19 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   const notes = blocks.flatMap((b) => b.partition?.notes ?? []);
   if (notes.length > 0) diff.notes = notes;
   diff.textCompared = await textComparedColumns(sql, types);
+  if (tree !== null) {
+    diff.setOperation = tree;
+    await chooseBranchKeys(sql, { plan: diff, leafNodes: leaves });
+    return {
+      unsupportedReason: null,
+      columns: description.columns,
+      hiddenColumns: setOperationHiddenColumns(tree),
+      uniqueKey: [ROW_ID],
+      indexes: setOperationIndexes(tree),
+      fullSelect: setOperationFullSelect(diff),
+      differential: diff,
+    };
+  }
   return {
     unsupportedReason: null,
     columns: description.columns,
@@ -118,20 +139,10 @@ function checkSetOperationTop(stmt: Node): void {
   if (stmt["limitCount"] !== undefined || stmt["limitOffset"] !== undefined) unsupported("LIMIT/OFFSET");
 }
 
-/** The simple SELECTs under a tree of UNION ALL; refuses other set operations. */
-function unionLeaves(stmt: Node): Node[] {
-  const op = stmt["op"];
-  if (op === undefined || op === "SETOP_NONE") return [stmt];
-  if (op === "SETOP_UNION" && stmt["all"] !== true) unsupported("UNION without ALL");
-  if (op === "SETOP_INTERSECT") unsupported("INTERSECT");
-  if (op === "SETOP_EXCEPT") unsupported("EXCEPT");
-  const larg = child(stmt, "larg")!;
-  const rarg = child(stmt, "rarg")!;
-  for (const side of [larg, rarg]) {
-    checkSetOperationTop(side);
-    if (side["withClause"] !== undefined) unsupported("WITH (common table expression)");
-  }
-  return [...unionLeaves(larg), ...unionLeaves(rarg)];
+/** What a set operation's branch may not carry. */
+function checkSetOperationSide(side: Node): void {
+  checkSetOperationTop(side);
+  if (side["withClause"] !== undefined) unsupported("WITH (common table expression)");
 }
 
 /** Visible columns whose type cannot be grouped (no equality operator); they are compared as text. */
@@ -164,9 +175,10 @@ async function probe(sql: Sql | Tx, plan: QueryPlan): Promise<void> {
       }
       // Generated from the plan: the defining query's own clauses (SQL by design) and quoted catalog names.
       await tx.unsafe(`EXPLAIN SELECT * FROM (${plan.fullSelect}) s`);
-      for (const block of diff.blocks) {
-        for (const q of strategyOf(block).changeQueries(block, diff, deltas)) await tx.unsafe(`EXPLAIN ${q}`);
-      }
+      const queries = diff.setOperation
+        ? setOperationChangeQueries(diff, deltas)
+        : diff.blocks.flatMap((block) => strategyOf(block).changeQueries(block, diff, deltas));
+      for (const q of queries) await tx.unsafe(`EXPLAIN ${q}`);
     });
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);
