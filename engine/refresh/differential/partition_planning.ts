@@ -90,8 +90,9 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
 
   const touchAll = new Set<number>();
   const sublinkData: SublinkData[] = [];
+  const positive = whereConjuncts(leaf);
   for (const s of sublinks) {
-    const data = await planSublink(sql, { args, sublink: s, touchAll });
+    const data = await planSublink(sql, { args, sublink: s, touchAll, positive: positive.has(s) });
     if (data !== null) sublinkData.push(data);
   }
   if (touchAll.size > 0) {
@@ -126,6 +127,14 @@ function topSublinks(leaf: Node): Node[] {
     return false;
   });
   return out;
+}
+
+/** The nodes that are top-level conjuncts of the block's WHERE (a lone condition is its own conjunct). */
+function whereConjuncts(leaf: Node): Set<unknown> {
+  const where = child(leaf, "whereClause");
+  const and = child(where, "BoolExpr");
+  const nodes = and !== undefined && and["boolop"] === "AND_EXPR" ? list(and, "args") : [where];
+  return new Set(nodes.map((n) => child(n, "SubLink")).filter((n) => n !== undefined));
 }
 
 /** Window function calls of the block (not inside its subqueries). */

@@ -79,11 +79,11 @@ function termRef(plan: DiffPlan, deltas: Deltas, args: { refs: RefData[]; i: num
   return src.table + r.aliasSuffix;
 }
 
-/** Hashes of the partitions the delta touches (a superset of those whose rows change), and key values if byValue. */
+/** Hashes of the partitions the delta touches (a superset of those whose rows change), and their key values. */
 function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
   const p = block.partition!;
   if (p.keys.length === 0) return "SELECT 0::int8 AS part";
-  const sel = `${partHash(p)} AS part` + (p.byValue ? p.keys.map((k, i) => `, ${k} AS "p${i}"`).join("") : "");
+  const sel = `${partHash(p)} AS part` + p.keys.map((k, i) => `, ${k} AS "p${i}"`).join("");
   const terms: string[] = [];
   // A changed row of the block's own references: it must participate, not be NULL-extended (an outer join whose
   // nullable side is the delta then reduces to an inner join).
@@ -110,18 +110,35 @@ function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): st
   return `SELECT DISTINCT * FROM (${terms.join("\nUNION ALL\n")}) d`;
 }
 
-/** The current rows of the partitions `touched` (a relation with column `part`) lists: c0.., rid, part. */
+/**
+ * The current rows of the partitions `touched` (a relation with columns `part`, p0..) lists: c0.., rid, part.
+ *
+ * Partitions are selected by their key values, a semi-join PostgreSQL can serve by an index on the keys (selecting
+ * by hash scanned the block's whole FROM: a GROUP BY over a join recomputed like FULL). Keys that may be NULL (group,
+ * window, DISTINCT ON keys; byValue means primary-key columns) never match by `=`: the partitions with a NULL key are
+ * recomputed by hash in a second branch, limited to rows with a NULL key (the two are disjoint) and skipped outright
+ * (an uncorrelated EXISTS: a one-time filter) when no touched partition has one. Like row ids, partitions are told
+ * apart by a 64-bit hash when their stored rows are deleted; the design takes such a collision as impossible.
+ */
 function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
   const p = block.partition!;
-  const values = p.keys.map((_, i) => `k."p${i}"`).join(", ");
-  const restrict = p.keys.length === 0
-    ? null
-    : p.byValue
-    ? `(${p.keys.join(", ")}) IN (SELECT ${values} FROM ${touched} k)`
-    : `${partHash(p)} IN (SELECT part FROM ${touched} k)`;
   const names = [...plan.columns.map((_, i) => `"c${i}"`), "rid", "part"];
   const cols = plan.columns.map((_, i) => `${cast(plan, i, `q."c${i}"`)} AS "c${i}"`);
-  return `SELECT ${cols.join(", ")}, q.rid, q.part FROM (${blockSelect(block, plan, restrict)}) q(${names.join(", ")})`;
+  const outer = (inner: string) => `SELECT ${cols.join(", ")}, q.rid, q.part FROM (${inner}) q(${names.join(", ")})`;
+  if (p.keys.length === 0) return outer(blockSelect(block, plan, null));
+  const values = p.keys.map((_, i) => `k."p${i}"`);
+  const byValue = `(${p.keys.join(", ")}) IN (SELECT ${values.join(", ")} FROM ${touched} k`;
+  if (p.byValue) return outer(blockSelect(block, plan, `${byValue})`));
+  const nullValue = values.map((v) => `${v} IS NULL`).join(" OR ");
+  const nullKey = p.keys.map((key) => `(${key}) IS NULL`).join(" OR ");
+  const valued = blockSelect(block, plan, `${byValue} WHERE NOT (${nullValue}))`);
+  const nulled = blockSelect(
+    block,
+    plan,
+    `EXISTS (SELECT 1 FROM ${touched} k WHERE ${nullValue}) AND (${nullKey}) AND ` +
+      `${partHash(p)} IN (SELECT part FROM ${touched} k WHERE ${nullValue})`,
+  );
+  return outer(`(${valued}) UNION ALL (${nulled})`);
 }
 
 /** One statement: touched partitions, their rows recomputed, stored rows gone deleted, the others written if changed. */
