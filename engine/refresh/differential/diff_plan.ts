@@ -66,7 +66,19 @@ export interface PartitionData {
   touchAll: number[];
   /** What the plan costs where it degrades (a whole-table window, top-k, ...): shown in DiffPlan.notes. */
   notes: string[];
+  /**
+   * The block's WHERE with room to narrow `x IN (SELECT y ...)` conjuncts whose x is partition key `key`: recomputing
+   * partitions by value, the subquery need only produce the touched values of that key (`y IN (...)` added to its
+   * WHERE), instead of its whole result (TPC-H Q18: an aggregate over every lineitem). Absent: nothing to narrow.
+   */
+  narrowWhere?: WherePiece[];
 }
+
+/**
+ * A piece of a narrowable WHERE: literal SQL, or where to add `y IN (touched values of key)` to a subquery's WHERE:
+ * "open" (a parenthesis before its own condition), "and" (after it: `) AND ...`), "where" (it has none: ` WHERE ...`).
+ */
+export type WherePiece = string | { slot: "open" } | { slot: "and" | "where"; key: number; column: string };
 
 /** A subquery in an expression, as discovery reads it: its FROM with slots, its WHERE without nested subqueries. */
 export interface SublinkData {

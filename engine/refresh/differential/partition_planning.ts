@@ -11,9 +11,9 @@
 import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent } from "../../../db/identifiers.ts";
 import type { BlockInput, Clauses, RefColumns } from "./block_planning.ts";
-import { type BlockData, type PartitionData, type SublinkData, unsupported } from "./diff_plan.ts";
-import { child, list, names, type Node, type QueryText, shape, walk } from "./query_reading.ts";
-import { columnRefs, conjuncts, expressionRefs, planSublink } from "./sublink_planning.ts";
+import { type BlockData, type PartitionData, type SublinkData, unsupported, type WherePiece } from "./diff_plan.ts";
+import { child, CLAUSE_END, list, names, type Node, type QueryText, shape, walk } from "./query_reading.ts";
+import { columnRefs, conjuncts, expressionRefs, type NarrowSite, planSublink } from "./sublink_planning.ts";
 
 export interface PartitionInput {
   text: QueryText;
@@ -91,8 +91,9 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
   const touchAll = new Set<number>();
   const sublinkData: SublinkData[] = [];
   const positive = whereConjuncts(leaf);
+  const narrowable: NarrowSite[] = [];
   for (const s of sublinks) {
-    const data = await planSublink(sql, { args, sublink: s, touchAll, positive: positive.has(s) });
+    const data = await planSublink(sql, { args, sublink: s, touchAll, positive: positive.has(s), keys, narrowable });
     if (data !== null) sublinkData.push(data);
   }
   if (touchAll.size > 0) {
@@ -115,7 +116,33 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
     sublinks: sublinkData,
     touchAll: [...touchAll].sort((a, b) => a - b),
     notes,
+    ...narrowWhere(args, narrowable),
   };
+}
+
+/** The block's WHERE cut at the narrowable subqueries' WHERE (sublink_planning.ts narrowSite), or nothing. */
+function narrowWhere(args: PartitionInput, sites: NarrowSite[]): { narrowWhere?: WherePiece[] } {
+  const { text, clauses, block } = args;
+  if (sites.length === 0 || block.where === null) return {};
+  const whereKw = text.clauseEnd(clauses.fromKw + 1, CLAUSE_END);
+  if (!text.isKeyword(whereKw, "where")) return {};
+  const whereEnd = text.clauseEnd(whereKw + 1, CLAUSE_END);
+  const start = text.tokens[whereKw + 1]!.start;
+  const end = text.tokens[whereEnd - 1]!.end;
+  // The WHERE as planned must be this text (nothing rewritten in it), or narrowing is left out.
+  if (text.slice(start, end) !== block.where) return {};
+  const cuts: { at: number; piece: WherePiece }[] = sites.flatMap((s) => [
+    ...(s.open === null ? [] : [{ at: s.open, piece: { slot: "open" as const } }]),
+    { at: s.close, piece: { slot: s.open === null ? "where" as const : "and" as const, key: s.key, column: s.column } },
+  ]).sort((a, b) => a.at - b.at);
+  const pieces: WherePiece[] = [];
+  let pos = start;
+  for (const c of cuts) {
+    pieces.push(text.slice(pos, c.at), c.piece);
+    pos = c.at;
+  }
+  pieces.push(text.slice(pos, end));
+  return { narrowWhere: pieces };
 }
 
 /** SubLinks of the block itself (select list, WHERE, HAVING), not those nested inside another subquery. */

@@ -43,14 +43,14 @@ function rowIdOfBlock(block: BlockData): string {
  * WHERE: before grouping, windows, DISTINCT ON and LIMIT, so a partition is recomputed whole). Outputs carry the
  * query's column names, so ORDER BY and DISTINCT ON read an output name as they did in the defining query.
  */
-function blockSelect(block: BlockData, plan: DiffPlan, restrict: string | null): string {
+function blockSelect(block: BlockData, plan: DiffPlan, restrict: string | null, where = block.where): string {
   const p = block.partition!;
   const distinct = p.distinctOn !== null
     ? `DISTINCT ON (${p.distinctOn.join(", ")}) `
     : (block.distinct ? "DISTINCT " : "");
   const outputs = block.targets.map((t, i) => `${t} AS ${plan.columns[i]}`);
   return `SELECT ${distinct}${outputs.join(", ")}, ${rowIdOfBlock(block)} AS ${ROW_ID}, ${partHash(p)} AS ${PART} ` +
-    fromWhere(plainFrom(block, plan), block.where, restrict) +
+    fromWhere(plainFrom(block, plan), where, restrict) +
     (block.groupBy !== null ? ` GROUP BY ${block.groupBy}` : "") +
     (block.having !== null ? ` HAVING ${block.having}` : "") +
     (p.tail !== null ? ` ${p.tail}` : "");
@@ -128,10 +128,11 @@ function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
   if (p.keys.length === 0) return outer(blockSelect(block, plan, null));
   const values = p.keys.map((_, i) => `k."p${i}"`);
   const byValue = `(${p.keys.join(", ")}) IN (SELECT ${values.join(", ")} FROM ${touched} k`;
-  if (p.byValue) return outer(blockSelect(block, plan, `${byValue})`));
+  const where = narrowed(p, touched) ?? block.where;
+  if (p.byValue) return outer(blockSelect(block, plan, `${byValue})`, where));
   const nullValue = values.map((v) => `${v} IS NULL`).join(" OR ");
   const nullKey = p.keys.map((key) => `(${key}) IS NULL`).join(" OR ");
-  const valued = blockSelect(block, plan, `${byValue} WHERE NOT (${nullValue}))`);
+  const valued = blockSelect(block, plan, `${byValue} WHERE NOT (${nullValue}))`, where);
   const nulled = blockSelect(
     block,
     plan,
@@ -139,6 +140,17 @@ function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
       `${partHash(p)} IN (SELECT part FROM ${touched} k WHERE ${nullValue})`,
   );
   return outer(`(${valued}) UNION ALL (${nulled})`);
+}
+
+/** The block's WHERE with its narrowable subqueries limited to the touched values of their key, or null. */
+function narrowed(p: PartitionData, touched: string): string | null {
+  if (p.narrowWhere === undefined) return null;
+  return p.narrowWhere.map((piece) => {
+    if (typeof piece === "string") return piece;
+    if (piece.slot === "open") return "(";
+    const cond = `${piece.column} IN (SELECT k."p${piece.key}" FROM ${touched} k)`;
+    return piece.slot === "and" ? `) AND ${cond}` : ` WHERE ${cond}`;
+  }).join("");
 }
 
 /** One statement: touched partitions, their rows recomputed, stored rows gone deleted, the others written if changed. */
