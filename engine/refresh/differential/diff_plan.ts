@@ -90,15 +90,23 @@ export interface SublinkData {
 export interface AggData {
   kind: "count_star" | "count" | "sum" | "avg";
   arg: string | null;
-  /** Hidden columns: non-null count (sum, avg) and running sum (avg). */
+  /**
+   * Hidden columns: non-null count (sum, avg, and count inside an expression) and running sum (avg, and sum inside
+   * an expression).
+   */
   nn: string | null;
   sum: string | null;
+  /** Inside an expression: the aggregate's own type, which its value from the hidden state is cast to. */
+  type?: string;
 }
 
 export interface AlgebraicData {
   global: boolean;
-  /** For each output column: the group key it shows, or the aggregate it is. */
-  outputs: ({ group: number } | { agg: number })[];
+  /**
+   * For each output column: the group key it shows, the aggregate it is, or an expression over aggregates and
+   * constants (`100.00 * sum(a) / sum(b)`): its text with each aggregate call a slot.
+   */
+  outputs: ({ group: number } | { agg: number } | { expr: (string | { agg: number })[] })[];
   aggs: AggData[];
 }
 
