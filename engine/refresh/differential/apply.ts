@@ -154,7 +154,8 @@ const RAW_DELTA_LIMIT = 1_000;
 function rawDeltaApplies(plan: DiffPlan, i: number): boolean {
   return plan.blocks.every((b) => {
     const reads = b.refs.filter((r) => r.source === i).length;
-    if (b.strategy === "partition" && blockSources(b).includes(i)) return false;
+    // A partition block (an algebraic one over rows too) reads consolidated deltas, each key once.
+    if (b.partition !== undefined && blockSources(b).includes(i)) return false;
     return reads === 0 || (reads === 1 && b.strategy === "algebraic");
   });
 }

@@ -12,7 +12,7 @@ import { type BlockData, type RefData, type Segment, type SourceData, unsupporte
 import { subqueryInFromReason } from "./flatten.ts";
 import type { FunctionFacts } from "./functions.ts";
 import { child, CLAUSE_END, funcName, list, names, type Node, type QueryText, walk } from "./query_reading.ts";
-import { planPartition } from "./partition_planning.ts";
+import { planPartition, rowPartition } from "./partition_planning.ts";
 import { algebraicPlan } from "./strategies/algebraic.ts";
 
 export interface BlockInput {
@@ -77,7 +77,7 @@ export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<Block
     algebraic: null,
   };
   // Outer joins, subqueries in expressions, windows, DISTINCT ON and top-k: the partition recompute.
-  const partition = await planPartition(sql, {
+  const partitionInput = {
     text,
     leaf,
     input,
@@ -88,26 +88,38 @@ export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<Block
     targetNodes,
     groupNodes: grouping.nodes,
     aggregated,
-  });
-  if (partition !== null) {
+  };
+  const planned = await planPartition(sql, partitionInput);
+  // Grouped UNION ALL branches share the storage's columns, which have no room for per-branch state.
+  const algebraicOf = () =>
+    input.branch !== 0 ? Promise.resolve(null) : algebraicPlan({
+      text,
+      targetNodes,
+      targets,
+      groupNodes: grouping.nodes,
+      distinct,
+      columns: input.description.columns,
+      aggregates: facts.aggregates,
+      typesOf: (calls) => aggregateTypes(sql, { text, clauses, calls }),
+    });
+  if (planned !== null) {
+    const { partition } = planned;
+    // An aggregate over outer joins or subqueries in WHERE: algebraic over its rows where its outputs allow.
+    const rows = input.branch === 0 ? await rowPartition(sql, partitionInput, planned) : null;
+    const alg = rows === null ? null : await algebraicOf();
+    if (rows !== null && alg !== null) {
+      block.strategy = "algebraic";
+      block.algebraic = alg;
+      const { narrowWhere: _, ...rest } = partition;
+      block.partition = { ...rest, keys: rows.keys, byValue: true, notes: rows.notes, oldWhere: rows.oldWhere };
+      return block;
+    }
     block.strategy = "partition";
     block.partition = partition;
     return block;
   }
   if (aggregated || distinct) {
-    // Grouped UNION ALL branches share the storage's columns, which have no room for per-branch state.
-    const alg = input.branch === 0
-      ? await algebraicPlan({
-        text,
-        targetNodes,
-        targets,
-        groupNodes: grouping.nodes,
-        distinct,
-        columns: input.description.columns,
-        aggregates: facts.aggregates,
-        typesOf: (calls) => aggregateTypes(sql, { text, clauses, calls }),
-      })
-      : null;
+    const alg = await algebraicOf();
     block.strategy = alg !== null && clauses.having === null ? "algebraic" : "recompute";
     block.algebraic = block.strategy === "algebraic" ? alg : null;
   }

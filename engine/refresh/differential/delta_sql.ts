@@ -8,7 +8,7 @@
  * minus the delta (signed weights).
  */
 import { quoteIdent } from "../../../db/identifiers.ts";
-import type { BlockData, DiffPlan } from "./diff_plan.ts";
+import type { BlockData, DiffPlan, RefData } from "./diff_plan.ts";
 
 /** Which relation holds each changed source's delta: its columns plus the weight `__pgt_w` (+1 or -1). */
 export interface Deltas {
@@ -37,6 +37,37 @@ export function keyRowId(block: BlockData): string {
 /** The block's FROM text with each table reference filled in by `fill`. */
 export function renderFrom(block: BlockData, fill: (ref: number) => string): string {
   return block.from.map((s) => (typeof s === "number" ? fill(s) : s)).join("");
+}
+
+/**
+ * A table reference as its source was at the frontier: a changed source is its rows now minus the keys the delta
+ * inserted or updated (weight +1: the row as it is now), plus the delta's old rows (weight -1); `restrict` is applied
+ * inside both parts.
+ */
+export function oldState(plan: DiffPlan, deltas: Deltas, r: RefData, restrict = ""): string {
+  const src = plan.sources[r.source]!;
+  const d = deltas.tables.get(r.source);
+  if (d === undefined) return src.table + r.aliasSuffix;
+  const cols = src.columns.join(", ");
+  // Both parts carry the reference's own name, so that a restriction reading only its columns applies inside.
+  const same = src.key.map((k) => `"__pgt_d".${k} = ${r.exposed}.${k}`).join(" AND ");
+  const extra = restrict === "" ? "" : ` AND ${restrict}`;
+  return `(SELECT ${cols} FROM ${src.table} AS ${r.exposed} WHERE NOT EXISTS (SELECT 1 FROM ${d} AS "__pgt_d" ` +
+    `WHERE "__pgt_d"."__pgt_w" > 0 AND ${same})${extra} UNION ALL SELECT ${cols} FROM ${d} AS ${r.exposed} ` +
+    `WHERE "__pgt_w" < 0${extra})${r.aliasSuffix}`;
+}
+
+/**
+ * The block's FROM over its sources as they were at the frontier; `restrictOf` gives a restriction to apply inside a
+ * reference (reading only its columns), "" for none.
+ */
+export function oldFrom(
+  block: BlockData,
+  plan: DiffPlan,
+  deltas: Deltas,
+  restrictOf: (ref: number) => string = () => "",
+): string {
+  return renderFrom(block, (i) => oldState(plan, deltas, block.refs[i]!, restrictOf(i)));
 }
 
 /** The block's FROM text over the tables themselves. */

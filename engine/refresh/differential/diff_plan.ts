@@ -72,13 +72,20 @@ export interface PartitionData {
    * WHERE), instead of its whole result (TPC-H Q18: an aggregate over every lineitem). Absent: nothing to narrow.
    */
   narrowWhere?: WherePiece[];
+  /**
+   * An algebraic block over rows (block.strategy "algebraic"): `keys` are its rows' keys (the references never
+   * NULL-extended), and this is its WHERE with every table its subqueries read as a slot (an index into `refs`), so
+   * that a refresh can evaluate the touched rows as they were at the frontier and subtract them.
+   */
+  oldWhere?: { refs: RefData[]; where: WherePiece[] };
 }
 
 /**
- * A piece of a narrowable WHERE: literal SQL, or where to add `y IN (touched values of key)` to a subquery's WHERE:
- * "open" (a parenthesis before its own condition), "and" (after it: `) AND ...`), "where" (it has none: ` WHERE ...`).
+ * A piece of a WHERE a refresh rewrites: literal SQL; a table a subquery reads (index into oldWhere.refs); or where to
+ * add `y IN (touched values of key)` to a subquery's WHERE: "open" (a parenthesis before its own condition), "and"
+ * (after it: `) AND ...`), "where" (it has none: ` WHERE ...`).
  */
-export type WherePiece = string | { slot: "open" } | { slot: "and" | "where"; key: number; column: string };
+export type WherePiece = string | number | { slot: "open" } | { slot: "and" | "where"; key: number; column: string };
 
 /** A subquery in an expression, as discovery reads it: its FROM with slots, its WHERE without nested subqueries. */
 export interface SublinkData {
@@ -178,7 +185,8 @@ export function planNotes(plan: { differential: unknown }): string[] {
 /** Every source (index into DiffPlan.sources) a block reads: its references, its subqueries', and touch-all ones. */
 export function blockSources(block: BlockData): number[] {
   const p = block.partition;
-  const all = [...block.refs, ...(p?.sublinks.flatMap((s) => s.refs) ?? [])].map((r) => r.source);
+  const all = [...block.refs, ...(p?.sublinks.flatMap((s) => s.refs) ?? []), ...(p?.oldWhere?.refs ?? [])]
+    .map((r) => r.source);
   return [...new Set([...all, ...(p?.touchAll ?? [])])];
 }
 

@@ -11,9 +11,25 @@
 import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent } from "../../../db/identifiers.ts";
 import type { BlockInput, Clauses, RefColumns } from "./block_planning.ts";
-import { type BlockData, type PartitionData, type SublinkData, unsupported, type WherePiece } from "./diff_plan.ts";
+import { resolveRef } from "./block_planning.ts";
+import {
+  type BlockData,
+  type PartitionData,
+  type RefData,
+  type SublinkData,
+  Unsupported,
+  unsupported,
+  type WherePiece,
+} from "./diff_plan.ts";
 import { child, CLAUSE_END, list, names, type Node, type QueryText, shape, walk } from "./query_reading.ts";
-import { columnRefs, conjuncts, expressionRefs, type NarrowSite, planSublink } from "./sublink_planning.ts";
+import {
+  columnRefs,
+  conjuncts,
+  expressionRefs,
+  type NarrowSite,
+  planSublink,
+  resolvedColumn,
+} from "./sublink_planning.ts";
 
 export interface PartitionInput {
   text: QueryText;
@@ -30,7 +46,10 @@ export interface PartitionInput {
 }
 
 /** The partition recompute of a block that needs one, or null when the block has none of its constructs. */
-export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promise<PartitionData | null> {
+export async function planPartition(
+  sql: Sql | Tx,
+  args: PartitionInput,
+): Promise<{ partition: PartitionData; sites: NarrowSite[] } | null> {
   const { leaf, block, input } = args;
   const fromClause = list(leaf, "fromClause");
   const joins: string[] = [];
@@ -93,7 +112,7 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
   const positive = whereConjuncts(leaf);
   const narrowable: NarrowSite[] = [];
   for (const s of sublinks) {
-    const data = await planSublink(sql, { args, sublink: s, touchAll, positive: positive.has(s), keys, narrowable });
+    const data = await planSublink(sql, { args, sublink: s, touchAll, positive: positive.has(s), narrowable });
     if (data !== null) sublinkData.push(data);
   }
   if (touchAll.size > 0) {
@@ -105,7 +124,7 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
     const r = refsOf(c);
     return !r.sublink && [...r.refs].every((i) => !nullable.has(i));
   });
-  return {
+  const partition: PartitionData = {
     keys,
     byValue: byValue && keys.length > 0,
     rowId: distinctKeys !== null ? "distinct_on" : (args.aggregated || block.distinct ? "group" : "refs"),
@@ -116,33 +135,109 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
     sublinks: sublinkData,
     touchAll: [...touchAll].sort((a, b) => a - b),
     notes,
-    ...narrowWhere(args, narrowable),
   };
+  const narrowWhere = wherePieces(args, { sites: narrowable, keys, rangeVars: [] });
+  if (narrowWhere !== null && narrowWhere.some((p) => typeof p === "object")) partition.narrowWhere = narrowWhere;
+  return { partition, sites: narrowable };
 }
 
-/** The block's WHERE cut at the narrowable subqueries' WHERE (sublink_planning.ts narrowSite), or nothing. */
-function narrowWhere(args: PartitionInput, sites: NarrowSite[]): { narrowWhere?: WherePiece[] } {
+/**
+ * A global aggregate that the partition recompute would recompute whole can instead be kept algebraically over its
+ * rows (strategies/algebraic.ts, when its outputs allow): a refresh finds the rows its delta touches, keyed by
+ * the references never NULL-extended (discovery as for an ungrouped block), and adds their contributions now and
+ * subtracts those they had at the frontier. For that, every table the WHERE's subqueries read becomes a slot to be
+ * filled with its state at the frontier. Null when the block groups, has windows, DISTINCT ON, LIMIT, a FULL JOIN,
+ * HAVING, a subquery in its select list, or a subquery reading something other than a source.
+ */
+export async function rowPartition(
+  sql: Sql | Tx,
+  args: PartitionInput,
+  planned: { partition: PartitionData; sites: NarrowSite[] },
+): Promise<{ keys: string[]; oldWhere: { refs: RefData[]; where: WherePiece[] }; notes: string[] } | null> {
+  const { partition } = planned;
+  const { leaf, block } = args;
+  // Only a global aggregate: the partition recompute then recomputes the whole result on every change, while a
+  // grouped one recomputes only the touched groups, which measured faster than evaluating the touched rows at the
+  // frontier (tables the WHERE's subqueries read are then subqueries of their own, which PostgreSQL cannot look up
+  // by index once it has turned EXISTS or IN into a join: TPC-H Q21 took 12-22 s this way, 0.6 s by group).
+  if (!args.aggregated || args.groupNodes.length > 0 || block.having !== null || block.distinct) return null;
+  if (partition.distinctOn !== null) return null;
+  if (partition.tail !== null || windowCalls(leaf).length > 0) return null;
+  let blocked = false;
+  walk(list(leaf, "fromClause"), (kind, node) => {
+    if (kind === "JoinExpr" && node["jointype"] === "JOIN_FULL") blocked = true;
+  });
+  walk(leaf["targetList"], (kind) => {
+    if (kind === "SubLink") blocked = true;
+  });
+  if (blocked) return null;
+  const nullable = new Set(partition.nullable);
+  const keys = block.refs.flatMap((r, i) => (nullable.has(i) ? [] : r.key));
+  if (keys.length === 0) return null;
+  const refs: RefData[] = [];
+  let where: WherePiece[] = [];
+  if (block.where !== null) {
+    const rangeVars: Node[] = [];
+    walk(leaf["whereClause"], (kind, n) => {
+      if (kind === "RangeVar") rangeVars.push(n);
+    });
+    rangeVars.sort((a, b) => Number(a["location"]) - Number(b["location"]));
+    for (const rv of rangeVars) {
+      try {
+        refs.push((await resolveRef(sql, rv, args.input)).ref);
+      } catch (e) {
+        // A WITH query's name inside a subquery, say: its state at the frontier cannot be written.
+        if (e instanceof Unsupported) return null;
+        throw e;
+      }
+    }
+    const pieces = wherePieces(args, { sites: planned.sites, keys, rangeVars });
+    if (pieces === null) return null;
+    where = pieces;
+  }
+  const notes = partition.touchAll.length > 0 ? partition.notes.filter((n) => n.startsWith("a change to")) : [];
+  return { keys, oldWhere: { refs, where }, notes };
+}
+
+/**
+ * The block's WHERE as pieces: cut where the narrowable subqueries whose x is one of `keys` get their restriction
+ * (sublink_planning.ts narrowSite), and with each of `rangeVars` (tables its subqueries read) a slot numbered in
+ * order. Null when the WHERE as planned is not the query's text (nothing may have been rewritten in it).
+ */
+function wherePieces(
+  args: PartitionInput,
+  input: { sites: NarrowSite[]; keys: string[]; rangeVars: Node[] },
+): WherePiece[] | null {
   const { text, clauses, block } = args;
-  if (sites.length === 0 || block.where === null) return {};
+  if (block.where === null) return null;
   const whereKw = text.clauseEnd(clauses.fromKw + 1, CLAUSE_END);
-  if (!text.isKeyword(whereKw, "where")) return {};
+  if (!text.isKeyword(whereKw, "where")) return null;
   const whereEnd = text.clauseEnd(whereKw + 1, CLAUSE_END);
-  const start = text.tokens[whereKw + 1]!.start;
-  const end = text.tokens[whereEnd - 1]!.end;
-  // The WHERE as planned must be this text (nothing rewritten in it), or narrowing is left out.
-  if (text.slice(start, end) !== block.where) return {};
-  const cuts: { at: number; piece: WherePiece }[] = sites.flatMap((s) => [
-    ...(s.open === null ? [] : [{ at: s.open, piece: { slot: "open" as const } }]),
-    { at: s.close, piece: { slot: s.open === null ? "where" as const : "and" as const, key: s.key, column: s.column } },
-  ]).sort((a, b) => a.at - b.at);
+  if (text.range(whereKw + 1, whereEnd) !== block.where) return null;
+  const keyColumns = input.keys.map((k) => resolvedColumn(k, args.refColumns));
+  const cuts: { at: number; to: number; piece: WherePiece }[] = [];
+  for (const site of input.sites) {
+    const key = keyColumns.indexOf(site.x);
+    if (key < 0) continue;
+    if (site.open !== null) cuts.push({ at: site.open, to: site.open, piece: { slot: "open" } });
+    const slot = site.open === null ? "where" as const : "and" as const;
+    cuts.push({ at: site.close, to: site.close, piece: { slot, key, column: site.column } });
+  }
+  for (const [i, rv] of input.rangeVars.entries()) {
+    const first = text.tokenAt(Number(rv["location"]));
+    let last = first;
+    while (text.tokens[last + 1]?.text === "." && text.tokens[last + 2] !== undefined) last += 2;
+    cuts.push({ at: text.tokens[first]!.start, to: text.tokens[last]!.end, piece: i });
+  }
+  cuts.sort((a, b) => a.at - b.at || a.to - b.to);
   const pieces: WherePiece[] = [];
-  let pos = start;
+  let pos = text.tokens[whereKw + 1]!.start;
   for (const c of cuts) {
     pieces.push(text.slice(pos, c.at), c.piece);
-    pos = c.at;
+    pos = c.to;
   }
-  pieces.push(text.slice(pos, end));
-  return { narrowWhere: pieces };
+  pieces.push(text.slice(pos, text.tokens[whereEnd - 1]!.end));
+  return pieces;
 }
 
 /** SubLinks of the block itself (select list, WHERE, HAVING), not those nested inside another subquery. */

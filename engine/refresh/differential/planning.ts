@@ -83,7 +83,8 @@ async function buildPlan(sql: Sql | Tx, original: string, description: QueryDesc
   const top = blocks[0]!;
   const hiddenColumns: Column[] = [{ name: ROW_ID, type: "bigint" }];
   if (!union && top.strategy === "algebraic") hiddenColumns.push(...algebraicHiddenColumns(top.algebraic!));
-  const partitioned = top.partition !== undefined;
+  // An algebraic block over rows (partition.oldWhere) keeps groups, with no partition column.
+  const partitioned = top.partition !== undefined && top.strategy === "partition";
   if (partitioned) hiddenColumns.push({ name: PART, type: "bigint" });
   const diff: DiffPlan = { version: 1, sources, blocks, columns, types, textCompared: [] };
   const notes = blocks.flatMap((b) => b.partition?.notes ?? []);

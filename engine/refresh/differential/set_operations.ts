@@ -16,7 +16,7 @@ import { quoteIdent } from "../../../db/identifiers.ts";
 import type { Sql, Tx } from "../../../db/pool.ts";
 import { inRolledBackTransaction } from "../../rolled_back.ts";
 import type { Column } from "../../plan.ts";
-import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom, renderFrom } from "./delta_sql.ts";
+import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, oldFrom, plainFrom } from "./delta_sql.ts";
 import { type BlockData, type DiffPlan, PART, ROW_ID, type SetLeaf, type SetNode, unsupported } from "./diff_plan.ts";
 import { child, list, names, type Node } from "./query_reading.ts";
 
@@ -302,7 +302,7 @@ function touchedValues(plan: DiffPlan, deltas: Deltas): string {
     const values = `(${deltaTerms(block, plan, deltas, () => `${e} AS v`).join("\nUNION ALL\n")}) k`;
     return [`${e} IN (SELECT v FROM ${values})`, `${e} IS NULL AND EXISTS (SELECT FROM ${values} WHERE v IS NULL)`]
       .flatMap((restrict) => {
-        const inner = leaf.keyRef === undefined ? undefined : { ref: leaf.keyRef, restrict };
+        const inner = (i: number) => (i === leaf.keyRef ? restrict : "");
         return [group(plainFrom(block, plan), restrict), group(oldFrom(block, plan, deltas, inner), restrict)];
       });
   });
@@ -313,29 +313,4 @@ function touchedValues(plan: DiffPlan, deltas: Deltas): string {
   }
   return `SELECT ${valueHash(cols)} AS h, ${cols.join(", ")} FROM (SELECT DISTINCT ${cols.join(", ")} FROM (` +
     `${terms.join("\nUNION ALL\n")}) d) d`;
-}
-
-/**
- * The block's FROM over its sources as they were at the frontier: a changed source is its rows now minus the keys
- * the delta inserted or updated (weight +1: the row as it is now), plus the delta's old rows (weight -1).
- */
-function oldFrom(
-  block: BlockData,
-  plan: DiffPlan,
-  deltas: Deltas,
-  inner?: { ref: number; restrict: string },
-): string {
-  return renderFrom(block, (i) => {
-    const r = block.refs[i]!;
-    const src = plan.sources[r.source]!;
-    const d = deltas.tables.get(r.source);
-    if (d === undefined) return src.table + r.aliasSuffix;
-    const cols = src.columns.join(", ");
-    // Both parts carry the reference's own name, so that a restriction reading only its columns applies inside.
-    const same = src.key.map((k) => `"__pgt_d".${k} = ${r.exposed}.${k}`).join(" AND ");
-    const extra = inner?.ref === i ? ` AND ${inner.restrict}` : "";
-    return `(SELECT ${cols} FROM ${src.table} AS ${r.exposed} WHERE NOT EXISTS (SELECT 1 FROM ${d} AS "__pgt_d" ` +
-      `WHERE "__pgt_d"."__pgt_w" > 0 AND ${same})${extra} UNION ALL SELECT ${cols} FROM ${d} AS ${r.exposed} ` +
-      `WHERE "__pgt_w" < 0${extra})${r.aliasSuffix}`;
-  });
 }

@@ -85,8 +85,7 @@ export async function planSublink(
     sublink: Node;
     touchAll: Set<number>;
     positive: boolean;
-    /** The partition keys; a positive IN whose subquery can be narrowed to one of them is added to `narrowable`. */
-    keys: string[];
+    /** A positive IN whose subquery can be narrowed (to the touched values of its x) is added here. */
     narrowable: NarrowSite[];
   },
 ): Promise<SublinkData | null> {
@@ -159,7 +158,7 @@ export async function planSublink(
   const match = inMatch(sublink, { sub, outer: args.refColumns, inner: refColumns, positive: ctx.positive });
   if (match !== null) kept.push(match);
   if (match !== null && ctx.positive) {
-    const site = narrowSite(args.text, { sublink, sub, keys: ctx.keys, outer: args.refColumns, inner: refColumns });
+    const site = narrowSite(args.text, { sublink, sub, outer: args.refColumns, inner: refColumns });
     if (site !== null) ctx.narrowable.push(site);
   }
   return { refs, from: clauses.from, where: kept.length === 0 ? null : kept.join(" AND ") };
@@ -198,15 +197,16 @@ function inMatch(
 }
 
 /**
- * Where a positive `x IN (SELECT y ...)` can be narrowed to the touched values of partition key `key` (x is that key):
- * byte offsets of the subquery's own WHERE (`open` before it, `close` after it) or, without one, of the end of its
- * FROM (`close`). Narrowing keeps x IN S exact for a recomputed row, whose x is a touched value, when filtering the
+ * Where a positive `x IN (SELECT y ...)` can be narrowed to the touched values of x when x is a partition key: byte
+ * offsets of the subquery's own WHERE (`open` before it, `close` after it) or, without one, of the end of its FROM
+ * (`close`). Narrowing keeps x IN S exact for a recomputed row, whose x is a touched value, when filtering the
  * subquery's rows by y keeps every row whose y is such a value and changes nothing else: y is a column of the
  * subquery's own tables and, when it groups, one of its GROUP BY items (filtering by a group key keeps whole groups);
  * no DISTINCT ON, LIMIT, OFFSET or grouping sets. Null when the shape is another.
  */
 export interface NarrowSite {
-  key: number;
+  /** x, as `reference index:column` (resolvedColumn). */
+  x: string;
   column: string;
   open: number | null;
   close: number;
@@ -214,7 +214,7 @@ export interface NarrowSite {
 
 function narrowSite(
   text: QueryText,
-  args: { sublink: Node; sub: Node; keys: string[]; outer: RefColumns[]; inner: RefColumns[] },
+  args: { sublink: Node; sub: Node; outer: RefColumns[]; inner: RefColumns[] },
 ): NarrowSite | null {
   const { sub } = args;
   if (sub["limitCount"] !== undefined || sub["limitOffset"] !== undefined) return null;
@@ -225,19 +225,6 @@ function narrowSite(
   const x = resolved(xFields, args.outer);
   const y = resolved(yFields, args.inner);
   if (x === null || y === null) return null;
-  const key = args.keys.findIndex((k) => {
-    let tree: unknown;
-    try {
-      tree = parseSync(`SELECT ${k}`);
-    } catch {
-      return false;
-    }
-    const t = tree as { stmts: { stmt: Node }[] };
-    const only = list(child(t.stmts[0]?.stmt, "SelectStmt"), "targetList");
-    const fields = names(list(child(child(child(only[0], "ResTarget"), "val"), "ColumnRef"), "fields"));
-    return only.length === 1 && resolved(fields, args.outer) === x;
-  });
-  if (key < 0) return null;
   const groups = list(sub, "groupClause");
   if (groups.some((g) => child(g, "GroupingSet") !== undefined)) return null;
   if (sub["havingClause"] !== undefined && groups.length === 0) return null;
@@ -250,10 +237,24 @@ function narrowSite(
   const fromKw = text.clauseEnd(first, new Set(["from"]));
   const fromEnd = text.clauseEnd(fromKw + 1, CLAUSE_END);
   const column = yFields.map(quoteIdent).join(".");
-  if (sub["whereClause"] === undefined) return { key, column, open: null, close: text.tokens[fromEnd - 1]!.end };
+  if (sub["whereClause"] === undefined) return { x, column, open: null, close: text.tokens[fromEnd - 1]!.end };
   if (!text.isKeyword(fromEnd, "where")) return null;
   const whereEnd = text.clauseEnd(fromEnd + 1, CLAUSE_END);
-  return { key, column, open: text.tokens[fromEnd + 1]!.start, close: text.tokens[whereEnd - 1]!.end };
+  return { x, column, open: text.tokens[fromEnd + 1]!.start, close: text.tokens[whereEnd - 1]!.end };
+}
+
+/** An expression that is a plain column, as `reference index:column` (resolved), else null. */
+export function resolvedColumn(expr: string, refColumns: RefColumns[]): string | null {
+  let tree: unknown;
+  try {
+    tree = parseSync(`SELECT ${expr}`);
+  } catch {
+    return null;
+  }
+  const t = tree as { stmts: { stmt: Node }[] };
+  const only = list(child(t.stmts[0]?.stmt, "SelectStmt"), "targetList");
+  if (only.length !== 1) return null;
+  return resolved(names(list(child(child(child(only[0], "ResTarget"), "val"), "ColumnRef"), "fields")), refColumns);
 }
 
 /** A plain column reference as `reference index:column`, when it names exactly one reference's column. */

@@ -10,6 +10,7 @@ import { COUNT, ROW_ID } from "../diff_plan.ts";
 import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom } from "../delta_sql.ts";
 import { parseSync } from "libpg-query";
 import { child, funcName, list, type Node, QueryText, shape, walk } from "../query_reading.ts";
+import { rowChangeTerm } from "./partition.ts";
 import type { Strategy } from "./strategy.ts";
 
 export const algebraic: Strategy = {
@@ -198,7 +199,11 @@ function argText(text: QueryText, call: Node): string {
 /** Per-group sums of an algebraic block's delta: row id, group keys, count change, per aggregate nn and sum. */
 function algebraicChanges(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
   const alg = block.algebraic!;
-  const terms = deltaTerms(block, plan, deltas, (w) => {
+  // Over rows (an aggregate over outer joins or subqueries in WHERE): the touched rows now and then, weighted.
+  const changeTerms = block.partition?.oldWhere !== undefined
+    ? (s: (w: string) => string) => [rowChangeTerm(block, plan, deltas, s)]
+    : (s: (w: string) => string) => deltaTerms(block, plan, deltas, s);
+  const terms = changeTerms((w) => {
     const cols = [
       ...block.groupKeys.map((g, i) => `(${g}) AS "g${i}"`),
       ...alg.aggs.map((a, i) => (a.arg === null ? `NULL::int AS "a${i}"` : `(${a.arg}) AS "a${i}"`)),

@@ -10,9 +10,19 @@
  * states), and treat a subquery as true whenever a changed row of its sources passes its WHERE.
  */
 import { quoteIdent } from "../../../../db/identifiers.ts";
-import type { BlockData, DiffPlan, PartitionData, RefData, Segment } from "../diff_plan.ts";
+import type { BlockData, DiffPlan, PartitionData, RefData, Segment, WherePiece } from "../diff_plan.ts";
 import { PART, ROW_ID } from "../diff_plan.ts";
-import { cast, COUNTS, type Deltas, fromWhere, groupRowId, keyRowId, plainFrom } from "../delta_sql.ts";
+import {
+  cast,
+  COUNTS,
+  type Deltas,
+  fromWhere,
+  groupRowId,
+  keyRowId,
+  oldFrom,
+  oldState,
+  plainFrom,
+} from "../delta_sql.ts";
 import type { Strategy } from "./strategy.ts";
 
 export const partition: Strategy = {
@@ -111,6 +121,38 @@ function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): st
 }
 
 /**
+ * The change of an algebraic block over rows (PartitionData.oldWhere): the rows its delta touches (by their keys), as
+ * they are now with weight +1 and as they were at the frontier (every table, its subqueries' too, in its state then)
+ * with weight -1. One term; `select` gets the weight and returns the select list, as for the delta terms.
+ */
+export function rowChangeTerm(block: BlockData, plan: DiffPlan, deltas: Deltas, select: (w: string) => string): string {
+  const p = block.partition!;
+  const old = p.oldWhere!;
+  const values = p.keys.map((_, i) => `k."p${i}"`).join(", ");
+  const touched = `(${p.keys.join(", ")}) IN (SELECT ${values} FROM "__pgt_rows" k)`;
+  // The WHERE's own subqueries narrowed to the touched keys where they can be, read now and at the frontier.
+  const where = (fill: (ref: number) => string) =>
+    block.where === null ? null : renderWhere(old.where, `"__pgt_rows"`, fill);
+  const nowWhere = where((i) => plan.sources[old.refs[i]!.source]!.table);
+  const oldWhere = where((i) => oldState(plan, deltas, old.refs[i]!));
+  // Each reference never NULL-extended is restricted by its own keys inside its state at the frontier (else the
+  // state of a whole table is built before the touched rows are picked from it: TPC-H Q17 took 25 s).
+  const own = new Map<number, string>();
+  let at = 0;
+  for (const [i, r] of block.refs.entries()) {
+    if (p.nullable.includes(i)) continue;
+    const cols = r.key.map((_, j) => `k."p${at + j}"`).join(", ");
+    own.set(i, `(${r.key.join(", ")}) IN (SELECT ${cols} FROM "__pgt_rows" k)`);
+    at += r.key.length;
+  }
+  const oldRows = oldFrom(block, plan, deltas, (i) => own.get(i) ?? "");
+  return `WITH "__pgt_rows" AS MATERIALIZED (${touchedPartitions(block, plan, deltas)})
+    SELECT ${select("1::int8")} ${fromWhere(plainFrom(block, plan), nowWhere, touched)}
+    UNION ALL
+    SELECT ${select("-1::int8")} ${fromWhere(oldRows, oldWhere, touched)}`;
+}
+
+/**
  * The current rows of the partitions `touched` (a relation with columns `part`, p0..) lists: c0.., rid, part.
  *
  * Partitions are selected by their key values, a semi-join PostgreSQL can serve by an index on the keys (selecting
@@ -144,9 +186,14 @@ function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
 
 /** The block's WHERE with its narrowable subqueries limited to the touched values of their key, or null. */
 function narrowed(p: PartitionData, touched: string): string | null {
-  if (p.narrowWhere === undefined) return null;
-  return p.narrowWhere.map((piece) => {
+  return p.narrowWhere === undefined ? null : renderWhere(p.narrowWhere, touched, () => "");
+}
+
+/** WHERE pieces as SQL: narrowed subqueries read key values from `touched`, each table slot is `fill`'s. */
+function renderWhere(pieces: WherePiece[], touched: string, fill: (ref: number) => string): string {
+  return pieces.map((piece) => {
     if (typeof piece === "string") return piece;
+    if (typeof piece === "number") return fill(piece);
     if (piece.slot === "open") return "(";
     const cond = `${piece.column} IN (SELECT k."p${piece.key}" FROM ${touched} k)`;
     return piece.slot === "and" ? `) AND ${cond}` : ` WHERE ${cond}`;
