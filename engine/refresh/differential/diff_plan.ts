@@ -66,6 +66,17 @@ export interface PartitionData {
   touchAll: number[];
   /** What the plan costs where it degrades (a whole-table window, top-k, ...): shown in DiffPlan.notes. */
   notes: string[];
+  /** Top-k whose refresh first tests whether a change reaches the stored rows (absent: recompute on any change). */
+  topk?: TopkData;
+}
+
+/** An ungrouped top-k's boundary test (topk_planning.ts): LIMIT, OFFSET and ORDER BY over output columns. */
+export interface TopkData {
+  count: number;
+  offset: number;
+  withTies: boolean;
+  /** ORDER BY items: output column index, direction, where NULLs sort (explicit), quoted collation or null. */
+  order: { column: number; desc: boolean; nullsFirst: boolean; collate: string | null }[];
 }
 
 /** A subquery in an expression, as discovery reads it: its FROM with slots, its WHERE without nested subqueries. */

@@ -11,9 +11,10 @@
 import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent } from "../../../db/identifiers.ts";
 import type { BlockInput, Clauses, RefColumns } from "./block_planning.ts";
-import { type BlockData, type PartitionData, type SublinkData, unsupported } from "./diff_plan.ts";
+import { type BlockData, type PartitionData, type SublinkData, type TopkData, unsupported } from "./diff_plan.ts";
 import { child, list, names, type Node, type QueryText, shape, walk } from "./query_reading.ts";
 import { columnRefs, conjuncts, expressionRefs, planSublink } from "./sublink_planning.ts";
+import { planTopk } from "./topk_planning.ts";
 
 export interface PartitionInput {
   text: QueryText;
@@ -65,9 +66,20 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
 
   let keys: string[];
   let byValue = false;
+  let topk: TopkData | string = "";
   if (limited) {
     keys = [];
-    notes.push("top-k (ORDER BY ... LIMIT/OFFSET): a refresh with changes recomputes the whole result");
+    topk = planTopk({
+      leaf,
+      targetNodes: args.targetNodes,
+      outputNames: input.description.columns.map((c) => c.name),
+      blocker: topkBlocker(constructs, args.aggregated || block.distinct),
+    });
+    notes.push(
+      typeof topk === "string"
+        ? `top-k (ORDER BY ... LIMIT/OFFSET): a refresh with changes recomputes the whole result (${topk})`
+        : "top-k (ORDER BY ... LIMIT/OFFSET): a refresh recomputes the whole result only when a change reaches its rows or sorts before its last row",
+    );
   } else if (windows.length > 0) {
     keys = windowKeys(args, windows);
     if (keys.length === 0) notes.push("whole-table window: a refresh with changes recomputes the whole result");
@@ -114,7 +126,15 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
     sublinks: sublinkData,
     touchAll: [...touchAll].sort((a, b) => a - b),
     notes,
+    ...(typeof topk === "string" || touchAll.size > 0 ? {} : { topk }),
   };
+}
+
+/** Why a top-k block cannot test its boundary (exactly and cheaply), or null. */
+function topkBlocker(constructs: string[], grouped: boolean): string | null {
+  if (grouped) return "grouped or DISTINCT";
+  const other = constructs.filter((c) => c !== "LIMIT/OFFSET");
+  return other.length > 0 ? `top-k over a ${other[0]}` : null;
 }
 
 /** SubLinks of the block itself (select list, WHERE, HAVING), not those nested inside another subquery. */
