@@ -105,8 +105,9 @@ function ownTerms(block: BlockData, plan: DiffPlan, deltas: Deltas, sel: string)
 function topkTouched(block: BlockData, plan: DiffPlan, deltas: Deltas, target: string): string {
   const t = block.partition!.topk!;
   const s = (j: number) => `"s${j}"`;
-  const sortOf = (o: (typeof t.order)[number], j: number, reverse: boolean) =>
-    `${s(j)}${o.collate === null ? "" : ` COLLATE ${o.collate}`} ${o.desc !== reverse ? "DESC" : "ASC"} NULLS ${
+  // A sort item on an expression (COLLATE) cannot read an output alias: `x."s0"` and `st.<column>` name inputs.
+  const sortOf = (o: (typeof t.order)[number], expr: string, reverse: boolean) =>
+    `${expr}${o.collate === null ? "" : ` COLLATE ${o.collate}`} ${o.desc !== reverse ? "DESC" : "ASC"} NULLS ${
       o.nullsFirst !== reverse ? "FIRST" : "LAST"
     }`;
   const sel = [
@@ -119,10 +120,10 @@ function topkTouched(block: BlockData, plan: DiffPlan, deltas: Deltas, target: s
   const stored = t.order.map((o, j) => `st.${plan.columns[o.column]} AS ${s(j)}`).join(", ");
   // The last stored row: the stored rows in reverse order, first one. Candidates sort before it on a tie (b DESC).
   const last = `SELECT ${stored} FROM ${target} st ORDER BY ${
-    t.order.map((o, j) => sortOf(o, j, true)).join(", ")
+    t.order.map((o) => sortOf(o, `st.${plan.columns[o.column]}`, true)).join(", ")
   } LIMIT 1`;
   const first = `SELECT x.b FROM (SELECT ${sortCols}, 0 AS b FROM (${last}) l UNION ALL SELECT ${sortCols}, 1 FROM c) x
-    ORDER BY ${t.order.map((o, j) => sortOf(o, j, false)).join(", ")}, x.b DESC LIMIT 1`;
+    ORDER BY ${t.order.map((o, j) => sortOf(o, `x.${s(j)}`, false)).join(", ")}, x.b DESC LIMIT 1`;
   // The count is a planned integer constant, not request text.
   return `SELECT 0::int8 AS part WHERE EXISTS (
     WITH c AS MATERIALIZED (${terms.join("\nUNION ALL\n")})
