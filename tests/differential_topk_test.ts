@@ -113,3 +113,31 @@ Deno.test({
       await check();
     }),
 });
+
+Deno.test({
+  name: "top-k over a column with its own collation compares the boundary under that collation",
+  ...dbTest,
+  fn: () =>
+    withService({}, async (s) => {
+      const sql = s.db.sql;
+      // The database's collation is C; an ICU collation (when the server has ICU) sorts case-insensitively first, so
+      // comparing under the stored column's collation (C) instead would get 'Y' against 'm99' wrong.
+      const [icu] = await sql<
+        { n: number }[]
+      >`SELECT count(*)::int AS n FROM pg_collation WHERE collname = 'und-x-icu'`;
+      const coll = icu!.n > 0 ? "und-x-icu" : "C";
+      const query = "SELECT id, name FROM names ORDER BY name DESC, id LIMIT 2";
+      await sql.unsafe(`CREATE TABLE names (id int PRIMARY KEY, name text COLLATE "${coll}")`);
+      await sql`INSERT INTO names SELECT i, 'm' || i FROM generate_series(1, 200) i`;
+      await sql`INSERT INTO names VALUES (201, 'b'), (202, 'Z')`;
+      await created(s, { name: "last_names", query, schedule: "1h" });
+      // ICU: the top 2 are 'Z', 'm99'; 'Y' enters, then 'n' misses. C: 'm99', 'm98'; 'Y' misses, then 'n' enters.
+      const expected = coll === "C" ? [[0, 0], [1, 1]] : [[1, 1], [0, 0]];
+      for (const [i, name] of ["Y", "n"].entries()) {
+        await sql`INSERT INTO names VALUES (${203 + i}, ${name})`;
+        const r = await refresh(s, "last_names");
+        assert.deepEqual([r.action, r.rows_inserted, r.rows_deleted], ["DIFFERENTIAL", ...expected[i]!], name);
+        await assertSameRows(sql, { table: "last_names", query, columns: ["id", "name"] });
+      }
+    }),
+});

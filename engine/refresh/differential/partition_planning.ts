@@ -69,10 +69,12 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
   let topk: TopkData | string = "";
   if (limited) {
     keys = [];
-    topk = planTopk({
+    topk = await planTopk(sql, {
+      query: args.text.query,
       leaf,
       targetNodes: args.targetNodes,
       outputNames: input.description.columns.map((c) => c.name),
+      outputTypes: input.description.columns.map((c) => c.type),
       blocker: topkBlocker(constructs, args.aggregated || block.distinct),
     });
     notes.push(

@@ -7,18 +7,22 @@
 import type { TopkData } from "./diff_plan.ts";
 import { child, list, names, type Node, shape } from "./query_reading.ts";
 import { quoteIdent } from "../../../db/identifiers.ts";
+import type { Sql, Tx } from "../../../db/pool.ts";
 
 export interface TopkInput {
+  /** The whole query (a top-k block is never a branch): its outputs are the block's. */
+  query: string;
   leaf: Node;
   targetNodes: (Node | null)[];
-  /** Output column names, in order. */
+  /** Output column names and types, in order. */
   outputNames: string[];
+  outputTypes: string[];
   /** Why the block cannot skip (grouped, outer join, subquery, window, DISTINCT), or null. */
   blocker: string | null;
 }
 
 /** The boundary test's data, or a reason why a refresh with changes must recompute the top-k. */
-export function planTopk(args: TopkInput): TopkData | string {
+export async function planTopk(sql: Sql | Tx, args: TopkInput): Promise<TopkData | string> {
   const { leaf } = args;
   if (args.blocker !== null) return args.blocker;
   const count = intConst(leaf["limitCount"]);
@@ -45,6 +49,17 @@ export function planTopk(args: TopkInput): TopkData | string {
     order.push({ column, desc, nullsFirst, collate });
   }
   if (order.length === 0) return "LIMIT without ORDER BY";
+  // The stored columns have their type's default collation; a column the query sorts by another (a source column's
+  // own COLLATE) is compared under that one, named explicitly on both sides of the test.
+  const colls = await outputCollations(sql, {
+    query: args.query,
+    types: args.outputTypes,
+    columns: order.map((o) => o.column),
+  });
+  for (const o of order) {
+    const c = colls.get(o.column);
+    if (o.collate === null && c !== undefined && c !== '"default"') o.collate = c;
+  }
   return { count, offset, withTies: leaf["limitOption"] === "LIMIT_OPTION_WITH_TIES", order };
 }
 
@@ -74,4 +89,29 @@ function outputColumn(args: TopkInput, node: Node | undefined, ordinalAllowed: b
   const s = shape(node);
   const i = args.targetNodes.findIndex((t) => t !== null && shape(t) === s);
   return i >= 0 ? i : null;
+}
+
+/**
+ * The collation (quoted, as pg_collation_for names it) of each output in `columns` whose type is collatable; other
+ * outputs are absent.
+ */
+async function outputCollations(
+  sql: Sql | Tx,
+  args: { query: string; types: string[]; columns: number[] },
+): Promise<Map<number, string>> {
+  const collatable: number[] = [];
+  for (const i of new Set(args.columns)) {
+    const [t] = await sql<{ c: boolean }[]>`
+      SELECT typcollation <> 0 AS c FROM pg_catalog.pg_type WHERE oid = ${args.types[i]!}::regtype`;
+    if (t?.c === true) collatable.push(i);
+  }
+  if (collatable.length === 0) return new Map();
+  const cols = args.types.map((_, i) => `"c${i}"`);
+  // The defining query is SQL by design (checked when the stream table was created); LIMIT 0 reads no row, and the
+  // outer join yields one all-NULL row whose expressions still carry the outputs' collations.
+  const [row] = await sql.unsafe<Record<string, string | null>[]>(
+    `SELECT ${collatable.map((i) => `pg_catalog.pg_collation_for(q.${cols[i]}) AS ${cols[i]}`).join(", ")}
+     FROM (SELECT 1) one LEFT JOIN (SELECT * FROM (${args.query}) q0 LIMIT 0) q(${cols.join(", ")}) ON true`,
+  );
+  return new Map(collatable.flatMap((i) => (row?.[`c${i}`] ? [[i, row[`c${i}`]!] as const] : [])));
 }
