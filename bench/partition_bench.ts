@@ -2,9 +2,9 @@
  * The partition recompute (docs/differential.md) on the differential bench's data (bench/facts.ts: 1,000,000 fact
  * rows, 10,000 dimension rows): DIFFERENTIAL against FULL of the same stream table after 100 and 1,000 changed fact
  * rows, for an outer join, an EXISTS, a window with PARTITION BY, an outer join under GROUP BY, and top-k twice: p5,
- * whose changes may reach the top 100 (then its DIFFERENTIAL refresh recomputes the whole top, so it is held only to
- * FULL's time), and p6, whose changes all miss its boundary (the refresh skips the recompute: held to 20x). Each
- * refresh runs in a REPEATABLE READ transaction that is rolled back, as in differential_bench.ts.
+ * held only to FULL's time since a change that reaches its top 100 recomputes the whole top (the bench's changes
+ * happen to miss it too), and p6, whose changes cannot reach its boundary (the refresh skips the recompute: held to
+ * 20x). Each refresh runs in a REPEATABLE READ transaction that is rolled back, as in differential_bench.ts.
  *
  *   deno task bench --only partition
  */
