@@ -126,15 +126,6 @@ class FrontendParser {
   #message(type: number, body: Uint8Array): void {
     const kind = String.fromCharCode(type);
     if (kind === "E" || kind === "Q") this.totals.statements++;
-    if (Deno.env.get("WIRE_DEBUG") && (kind === "P" || kind === "Q")) {
-      console.error(
-        kind,
-        (kind === "P" ? this.#cString(body, body.indexOf(0) + 1) : this.#cString(body, 0)).replace(/\s+/g, " ").slice(
-          0,
-          100,
-        ),
-      );
-    }
     // Parse: statement name, NUL, query text, NUL; Query: query text, NUL.
     const text = kind === "P" ? this.#cString(body, body.indexOf(0) + 1) : kind === "Q" ? this.#cString(body, 0) : null;
     if (text !== null && /^\s*(create|drop|alter|truncate)\b/i.test(text)) this.totals.ddl++;
@@ -168,7 +159,6 @@ class BackendParser {
       if (data.length - off < 1 + len) break;
       if (data[off] === "N".charCodeAt(0) && this.#sqlstate(data.subarray(off + 5, off + 1 + len)) === "42P07") {
         this.totals.ddlSkipped++;
-        if (Deno.env.get("WIRE_DEBUG")) console.error("SKIPPED");
       }
       off += 1 + len;
     }

@@ -42,11 +42,6 @@ export interface SourceState {
   capture_version: number;
 }
 
-/** Compares the stream table's sources with the catalog; adapts the stream table or throws SourceChanged. */
-export async function checkSources(tx: Tx, st: StreamTableRow): Promise<SourceCheck> {
-  return await judgeSources(tx, st, await readSources(tx, st.pgt_id));
-}
-
 /**
  * The stream table's sources as the catalog records them and as they are now: one query, which the refresh sends
  * together with its lock (it needs only the id), then judges with `judgeSources`.
@@ -68,7 +63,10 @@ export async function readSources(tx: Tx, pgtId: number): Promise<SourceState[]>
     ORDER BY d.source_schema, d.source_name`;
 }
 
-/** Judges the sources `readSources` returned: adapts the stream table or throws SourceChanged. */
+/**
+ * Compares the sources `readSources` returned with what the stream table was planned against: adapts the stream table
+ * or throws SourceChanged.
+ */
 export async function judgeSources(tx: Tx, st: StreamTableRow, sources: SourceState[]): Promise<SourceCheck> {
   const changed: { source: SourceState; changes: string[] }[] = [];
   const added: string[] = [];

@@ -53,7 +53,13 @@ async function sample(sql: Sql, names: string[]) {
       WHERE wait_event = 'PgSleep' AND datname = ANY(${names}) GROUP BY datname`;
     const [total] = await tx<{ max_workers: number }[]>`
       SELECT max_workers FROM pgtrickle.cluster_worker_totals()`;
+    // Who sleeps and which markers exist, in the same snapshot: said when the two disagree.
+    const who = await tx<{ line: string }[]>`
+      SELECT datname || ' ' || application_name || ' ' || coalesce(wait_event, state) || ' ' || left(query, 60) AS line
+      FROM pg_stat_activity WHERE (wait_event = 'PgSleep' AND datname = ANY(${names}))
+        OR application_name LIKE 'trickle:%:run:%'`;
     return {
+      who: who.map((w) => w.line),
       at: Date.now(),
       rows: new Map(rows.map((r) => [r.db_name, r])),
       sleeping: new Map(sleeping.map((r) => [r.db, r.n])),
@@ -170,7 +176,10 @@ Deno.test({
           const active = r?.workers_active ?? 0;
           const sleeping = s.sleeping.get(name) ?? 0;
           // A refresh holds its worker marker from before its query starts until after it commits.
-          assert.ok(sleeping <= active, `${name}: ${sleeping} refreshes sleeping, ${active} active in the summary`);
+          assert.ok(
+            sleeping <= active,
+            `${name}: ${sleeping} refreshes sleeping, ${active} active in the summary:\n${s.who.join("\n")}`,
+          );
           if (sleeping !== active) activeOk = false;
           if ((r?.workers_queued ?? 0) !== (local[k]!.get(name) ?? 0)) queuedOk = false;
           // No database runs over its quota while another has work waiting under its own.

@@ -2,21 +2,12 @@
  * planQuery: which queries are maintained differentially (and how), and the reason named for each one that is not.
  */
 import assert from "node:assert/strict";
-import { describeQuery } from "../engine/query.ts";
-import { type DiffPlan, planQuery } from "../engine/refresh/differential/differential.ts";
+import type { DiffPlan } from "../engine/refresh/differential/differential.ts";
 import { TrickleError } from "../engine/errors.ts";
 import { createStreamTable } from "../engine/stream_tables.ts";
 import { freshTestDatabase, type Sql } from "./support/oracle.ts";
+import { plan, strategies } from "./support/plans.ts";
 import { dbTest, startTestService } from "./support/service.ts";
-
-async function plan(sql: Sql, query: string) {
-  const description = await describeQuery(sql as never, query);
-  return await planQuery(sql as never, { query, description });
-}
-
-function strategies(p: { differential: unknown }): string[] {
-  return (p.differential as { blocks: { strategy: string }[] }).blocks.map((b) => b.strategy);
-}
 
 Deno.test({
   name: "planQuery: supported constructs, their strategy and storage; fallback reasons for the rest",

@@ -6,17 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { describeQuery } from "../engine/query.ts";
-import { flattenQuery, planQuery } from "../engine/refresh/differential/differential.ts";
+import { flattenQuery } from "../engine/refresh/differential/differential.ts";
 import { freshTestDatabase, type Sql } from "./support/oracle.ts";
-
-async function plan(sql: Sql, query: string) {
-  const description = await describeQuery(sql as never, query);
-  return await planQuery(sql as never, { query, description });
-}
-
-function strategies(p: { differential: unknown }): string[] {
-  return (p.differential as { blocks: { strategy: string }[] }).blocks.map((b) => b.strategy);
-}
+import { plan, strategies } from "./support/plans.ts";
 
 Deno.test({
   name: "planQuery: simple subqueries in FROM and WITH queries are merged; the rest name why not",

@@ -56,7 +56,7 @@ Deno.test({
 
       for (let round = 0; round < 12; round++) {
         step = `round ${round}`;
-        const txs = rng.int(2, 6);
+        const txs = rng.int(4, 10);
         for (let t = 0; t < txs; t++) {
           await sql.begin(async (tx) => {
             const n = rng.int(1, 10);

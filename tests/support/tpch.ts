@@ -292,7 +292,7 @@ export async function createTpch(sql: Sql, rng: Rng, scale: TpchScale): Promise<
 /** One random change to orders and lineitems (new orders, edits of prices, dates, flags, keys, deletions). */
 export async function randomTpchChange(sql: Sql | Tx, rng: Rng, state: TpchState): Promise<void> {
   const key = rng.int(1, state.nextOrderKey - 1);
-  switch (rng.int(0, 11)) {
+  switch (rng.int(0, 14)) {
     case 0:
     case 1: {
       const made = makeOrder(rng, state.nextOrderKey++, state);
@@ -346,6 +346,20 @@ export async function randomTpchChange(sql: Sql | Tx, rng: Rng, state: TpchState
             JOIN nation n2 ON n2.n_nationkey = c_nationkey
           WHERE n1.n_name = 'FRANCE' AND n2.n_name = 'GERMANY' AND l_orderkey >= ${key}
           ORDER BY l_orderkey, l_linenumber LIMIT 1)`;
+      return;
+    case 11: // a supplier moves out of its nation and back: Q20 lists Canada's suppliers of forest parts, Q21 Saudi
+    case 12: { // Arabia's who kept orders waiting, Q2 Europe's cheapest (ARGENTINA, where they go, is in none of these)
+      const name = rng.pick(["CANADA", "SAUDI ARABIA", "FRANCE", "GERMANY", "ROMANIA", "RUSSIA", "UNITED KINGDOM"]);
+      const nation = NATIONS.findIndex(([n]) => n === name);
+      const supplier = state.suppliersByNation.get(nation)?.[0];
+      if (supplier === undefined) return;
+      await sql`UPDATE supplier SET s_nationkey = CASE WHEN s_nationkey = ${nation}::int THEN 1 ELSE ${nation}::int END
+        WHERE s_suppkey = ${supplier}`;
+      return;
+    }
+    case 13: // an order of six or seven lines gets 50 of each: Q18 lists orders of more than 250 items
+      await sql`UPDATE lineitem SET l_quantity = 50 WHERE l_orderkey = (SELECT l_orderkey FROM lineitem
+        WHERE l_orderkey >= ${key} GROUP BY l_orderkey HAVING count(*) >= 6 ORDER BY 1 LIMIT 1)`;
       return;
     default: {
       const customer = rng.int(1, state.scale.customers);

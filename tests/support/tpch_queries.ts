@@ -158,5 +158,8 @@ export const TPCH_QUERIES: Record<string, string> = {
     GROUP BY cntrycode`,
 };
 
-/** The queries maintained DIFFERENTIAL whatever else the engine supports: the floor the TPC-H test asserts. */
-export const TPCH_DIFFERENTIAL_FLOOR = ["q1", "q3", "q5", "q6", "q7", "q8", "q9", "q10", "q12"];
+/**
+ * The queries the engine maintains DIFFERENTIAL (all but Q13 and Q15, whose subqueries in FROM are grouped): the floor
+ * the TPC-H test asserts, so that a query falling back to FULL fails it.
+ */
+export const TPCH_DIFFERENTIAL_FLOOR = Object.keys(TPCH_QUERIES).filter((q) => q !== "q13" && q !== "q15");
