@@ -163,23 +163,36 @@ Deno.test({
       const sql = oracle.sql;
       let stop = false;
       let round = 0;
-      const writer = (async () => {
-        while (!stop) await change(sql, round++);
-      })();
-      // As the scheduler does, refreshes come back to back with short pauses.
-      const refresher = (async () => {
-        while (!stop) {
+      // Each loop stops the others when it fails; settled at once, so a failure waits for the finally below.
+      const loop = async (step: () => Promise<void>) => {
+        try {
+          while (!stop) await step();
+        } finally {
+          stop = true;
+        }
+      };
+      const loops = Promise.allSettled([
+        loop(() => change(sql, round++)),
+        // As the scheduler does, refreshes come back to back with short pauses.
+        loop(async () => {
           await st.refresh();
           await new Promise((r) => setTimeout(r, 10));
-        }
-      })();
+        }),
+      ]);
       const snaps: SnapshotJson[] = [];
-      for (let i = 0; i < 5; i++) {
-        snaps.push(await snapshot(oracle, { stream_table: "totals" }));
-        await new Promise((r) => setTimeout(r, 50));
+      let settled: PromiseSettledResult<void>[];
+      try {
+        for (let i = 0; i < 5 && !stop; i++) {
+          snaps.push(await snapshot(oracle, { stream_table: "totals" }));
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      } finally {
+        // The writer and the refresher run on the pools oracle.close() ends: they finish before it, whatever failed
+        // here (a refresh left running would fail with CONNECTION_ENDED after the close, an uncaught rejection).
+        stop = true;
+        settled = await loops;
       }
-      stop = true;
-      await Promise.all([writer, refresher]);
+      for (const s of settled) if (s.status === "rejected") throw s.reason;
       assert.ok(round > 2 && st.refreshes.length > 3, `writes (${round}) and refreshes ran meanwhile`);
       assert.equal(new Set(snaps.map((s) => s.frontier)).size > 1, true, "the snapshots saw different frontiers");
 
