@@ -211,6 +211,64 @@ Deno.test({
 });
 
 Deno.test({
+  name: "a snapshot waiting for a refresh gets the lock when that refresh commits, before a refresh queued after it",
+  ...dbTest,
+  fn: async () => {
+    const { oracle } = await setup();
+    const sql = oracle.sql;
+    // Two transactions that do to the catalog row what a refresh does (lock it, update it), committing on release:
+    // the second queues behind the snapshot, as the next refresh of a stream table refreshed back to back does.
+    const locked = [Promise.withResolvers<void>(), Promise.withResolvers<void>()];
+    const release = [Promise.withResolvers<void>(), Promise.withResolvers<void>()];
+    const refreshLike = (i: number) =>
+      sql.begin(async (tx) => {
+        await tx`SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'totals' FOR UPDATE`;
+        await tx`UPDATE pgtrickle.pgt_stream_tables SET updated_at = now() WHERE pgt_name = 'totals'`;
+        locked[i]!.resolve();
+        await release[i]!.promise;
+      });
+    const waitingForLocks = async (n: number) => {
+      for (let tries = 0;; tries++) {
+        const [w] = await sql<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'`;
+        if (w!.n >= n) return;
+        assert.ok(tries < 500, `${n} sessions waiting for a lock, ${w!.n} after 5 s`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    const holders: Promise<unknown>[] = [];
+    let answer: Promise<Response> | null = null;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      holders.push(refreshLike(0));
+      await locked[0]!.promise;
+      answer = oracle.service.request("POST", "/snapshots", { stream_table: "totals" });
+      await waitingForLocks(1);
+      holders.push(refreshLike(1));
+      await waitingForLocks(2);
+      release[0]!.resolve();
+      // A REPEATABLE READ snapshot would fail here (its snapshot predates the commit), retry behind the second
+      // holder and wait for it: it must answer without the second being released.
+      const first = await Promise.race([
+        answer.then(() => "the snapshot"),
+        new Promise<string>((r) => (timer = setTimeout(() => r("nothing within 3 s"), 3000))),
+      ]);
+      assert.equal(first, "the snapshot", "the snapshot answered while the next refresh-like transaction waited");
+      const snap = await ok<SnapshotJson>(await answer, 201);
+      assert.equal(snap.frontier, (await state(sql, "totals")).frontier);
+      assert.deepEqual(await rowsOf(sql, snap.snapshot), (await state(sql, "totals")).rows);
+    } finally {
+      clearTimeout(timer);
+      for (const r of release) r.resolve();
+      // Everything on the pools settles before they close.
+      await Promise.allSettled([...holders, ...(answer === null ? [] : [answer])]);
+      await oracle.close();
+    }
+  },
+});
+
+Deno.test({
   name: "a rows_only snapshot (past the retention limit) restores the rows and the next refresh is FULL, with why",
   ...dbTest,
   fn: async () => {
