@@ -32,6 +32,14 @@ const CASES: OracleCase[] = [
     name: "group_expression_keys",
     query: "SELECT k % 3 AS m, g IS NULL AS gn, count(*) AS c, sum(v + 1) AS s FROM a GROUP BY 1, 2",
   },
+  {
+    // Expressions over aggregates: kept from the hidden counts and sums, each aggregate cast back to its own type
+    // (bigint / bigint divides as integers).
+    name: "group_aggregate_expressions",
+    query: "SELECT g, sum(v) / count(*) AS q, 100.0 * sum(n) / nullif(sum(v), 0) AS r, count(v) - count(n) AS dn, " +
+      "avg(n) * 2 AS a2, round(avg(v), 3) AS rv FROM a GROUP BY g",
+  },
+  { name: "global_aggregate_expressions", query: "SELECT sum(v) * 2 AS s2, coalesce(sum(n), 0) AS sn FROM a" },
   { name: "group_by_alias", query: "SELECT coalesce(s, '?') AS label, count(*) AS c FROM a GROUP BY label" },
   {
     name: "group_recompute",

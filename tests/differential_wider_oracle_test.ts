@@ -122,6 +122,15 @@ const CASES: OracleCase[] = [
     name: "scalar_in_group",
     query: "SELECT g, count(*) AS c, (SELECT count(*) FROM b WHERE b.k2 = a.g) AS nb FROM a GROUP BY g",
   },
+  // IN conjuncts whose x is a partition key: a recompute narrows the subquery to the touched key values (a group key
+  // with NULLs and a grouped subquery; a primary key with a filtered subquery; a subquery without WHERE).
+  {
+    name: "in_grouped_on_key",
+    query: "SELECT a.g, count(*) AS c, sum(a.v) AS sv FROM a " +
+      "WHERE a.g IN (SELECT b.k2 FROM b GROUP BY b.k2 HAVING count(*) > 1) GROUP BY a.g",
+  },
+  { name: "in_on_key", query: "SELECT a.id, a.v FROM a WHERE a.id IN (SELECT d.k FROM d WHERE d.label = 'label1')" },
+  { name: "in_on_key_no_where", query: "SELECT a.id, a.k FROM a WHERE a.k > 2 AND a.id IN (SELECT c.id1 FROM c)" },
   { name: "st_over_left_join", query: "SELECT name, count(*) AS c FROM st_join GROUP BY name", after: "left_join" },
 ];
 

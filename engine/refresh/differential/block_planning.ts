@@ -5,7 +5,9 @@
  */
 import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent, quoteQualified } from "../../../db/identifiers.ts";
+import { TrickleError } from "../../errors.ts";
 import type { QueryDescription } from "../../plan.ts";
+import { describeQuery } from "../../query.ts";
 import { type BlockData, type RefData, type Segment, type SourceData, unsupported } from "./diff_plan.ts";
 import { subqueryInFromReason } from "./flatten.ts";
 import type { FunctionFacts } from "./functions.ts";
@@ -95,12 +97,44 @@ export async function planBlock(sql: Sql | Tx, input: BlockInput): Promise<Block
   if (aggregated || distinct) {
     // Grouped UNION ALL branches share the storage's columns, which have no room for per-branch state.
     const alg = input.branch === 0
-      ? algebraicPlan({ text, targetNodes, groupNodes: grouping.nodes, distinct, columns: input.description.columns })
+      ? await algebraicPlan({
+        text,
+        targetNodes,
+        targets,
+        groupNodes: grouping.nodes,
+        distinct,
+        columns: input.description.columns,
+        aggregates: facts.aggregates,
+        typesOf: (calls) => aggregateTypes(sql, { text, clauses, calls }),
+      })
       : null;
     block.strategy = alg !== null && clauses.having === null ? "algebraic" : "recompute";
     block.algebraic = block.strategy === "algebraic" ? alg : null;
   }
   return block;
+}
+
+/** Ends of a block after its FROM, WHERE, GROUP BY and HAVING. */
+const BLOCK_END = new Set(["window", "order", "limit", "offset", "fetch", "for", "union", "intersect", "except"]);
+
+/**
+ * The types of aggregate calls over the block's FROM, WHERE and GROUP BY, as PostgreSQL describes them; null when it
+ * cannot (the block is then not algebraic).
+ */
+async function aggregateTypes(
+  sql: Sql | Tx,
+  args: { text: QueryText; clauses: Clauses; calls: string[] },
+): Promise<string[] | null> {
+  const { text, clauses, calls } = args;
+  const end = text.clauseEnd(clauses.fromKw + 1, BLOCK_END);
+  // The calls and clauses are the defining query's own text (SQL by design, checked at creation).
+  const probe = `SELECT ${calls.map((c, i) => `${c} AS "a${i}"`).join(", ")} ${text.range(clauses.fromKw, end)}`;
+  try {
+    return (await describeQuery(sql, probe)).columns.map((c) => c.type);
+  } catch (e) {
+    if (e instanceof TrickleError) return null;
+    throw e;
+  }
 }
 
 /** Refuses what a block may not contain; returns its FROM list and whether it is DISTINCT (or DISTINCT ON). */

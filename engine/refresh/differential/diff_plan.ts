@@ -66,6 +66,12 @@ export interface PartitionData {
   touchAll: number[];
   /** What the plan costs where it degrades (a whole-table window, top-k, ...): shown in DiffPlan.notes. */
   notes: string[];
+  /**
+   * The block's WHERE with room to narrow `x IN (SELECT y ...)` conjuncts whose x is partition key `key`: recomputing
+   * partitions by value, the subquery need only produce the touched values of that key (`y IN (...)` added to its
+   * WHERE), instead of its whole result (TPC-H Q18: an aggregate over every lineitem). Absent: nothing to narrow.
+   */
+  narrowWhere?: WherePiece[];
   /** Top-k whose refresh first tests whether a change reaches the stored rows (absent: recompute on any change). */
   topk?: TopkData;
 }
@@ -79,6 +85,12 @@ export interface TopkData {
   order: { column: number; desc: boolean; nullsFirst: boolean; collate: string | null }[];
 }
 
+/**
+ * A piece of a narrowable WHERE: literal SQL, or where to add `y IN (touched values of key)` to a subquery's WHERE:
+ * "open" (a parenthesis before its own condition), "and" (after it: `) AND ...`), "where" (it has none: ` WHERE ...`).
+ */
+export type WherePiece = string | { slot: "open" } | { slot: "and" | "where"; key: number; column: string };
+
 /** A subquery in an expression, as discovery reads it: its FROM with slots, its WHERE without nested subqueries. */
 export interface SublinkData {
   refs: RefData[];
@@ -89,15 +101,23 @@ export interface SublinkData {
 export interface AggData {
   kind: "count_star" | "count" | "sum" | "avg";
   arg: string | null;
-  /** Hidden columns: non-null count (sum, avg) and running sum (avg). */
+  /**
+   * Hidden columns: non-null count (sum, avg, and count inside an expression) and running sum (avg, and sum inside
+   * an expression).
+   */
   nn: string | null;
   sum: string | null;
+  /** Inside an expression: the aggregate's own type, which its value from the hidden state is cast to. */
+  type?: string;
 }
 
 export interface AlgebraicData {
   global: boolean;
-  /** For each output column: the group key it shows, or the aggregate it is. */
-  outputs: ({ group: number } | { agg: number })[];
+  /**
+   * For each output column: the group key it shows, the aggregate it is, or an expression over aggregates and
+   * constants (`100.00 * sum(a) / sum(b)`): its text with each aggregate call a slot.
+   */
+  outputs: ({ group: number } | { agg: number } | { expr: (string | { agg: number })[] })[];
   aggs: AggData[];
 }
 

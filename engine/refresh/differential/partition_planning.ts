@@ -11,9 +11,16 @@
 import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent } from "../../../db/identifiers.ts";
 import type { BlockInput, Clauses, RefColumns } from "./block_planning.ts";
-import { type BlockData, type PartitionData, type SublinkData, type TopkData, unsupported } from "./diff_plan.ts";
-import { child, list, names, type Node, type QueryText, shape, walk } from "./query_reading.ts";
-import { columnRefs, conjuncts, expressionRefs, planSublink } from "./sublink_planning.ts";
+import {
+  type BlockData,
+  type PartitionData,
+  type SublinkData,
+  type TopkData,
+  unsupported,
+  type WherePiece,
+} from "./diff_plan.ts";
+import { child, CLAUSE_END, list, names, type Node, type QueryText, shape, walk } from "./query_reading.ts";
+import { columnRefs, conjuncts, expressionRefs, type NarrowSite, planSublink } from "./sublink_planning.ts";
 import { planTopk } from "./topk_planning.ts";
 
 export interface PartitionInput {
@@ -104,8 +111,10 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
 
   const touchAll = new Set<number>();
   const sublinkData: SublinkData[] = [];
+  const positive = whereConjuncts(leaf);
+  const narrowable: NarrowSite[] = [];
   for (const s of sublinks) {
-    const data = await planSublink(sql, { args, sublink: s, touchAll });
+    const data = await planSublink(sql, { args, sublink: s, touchAll, positive: positive.has(s), keys, narrowable });
     if (data !== null) sublinkData.push(data);
   }
   if (touchAll.size > 0) {
@@ -129,6 +138,7 @@ export async function planPartition(sql: Sql | Tx, args: PartitionInput): Promis
     touchAll: [...touchAll].sort((a, b) => a - b),
     notes,
     ...(typeof topk === "string" || touchAll.size > 0 ? {} : { topk }),
+    ...narrowWhere(args, narrowable),
   };
 }
 
@@ -137,6 +147,31 @@ function topkBlocker(constructs: string[], grouped: boolean): string | null {
   if (grouped) return "grouped or DISTINCT";
   const other = constructs.filter((c) => c !== "LIMIT/OFFSET");
   return other.length > 0 ? `top-k over a ${other[0]}` : null;
+}
+
+/** The block's WHERE cut at the narrowable subqueries' WHERE (sublink_planning.ts narrowSite), or nothing. */
+function narrowWhere(args: PartitionInput, sites: NarrowSite[]): { narrowWhere?: WherePiece[] } {
+  const { text, clauses, block } = args;
+  if (sites.length === 0 || block.where === null) return {};
+  const whereKw = text.clauseEnd(clauses.fromKw + 1, CLAUSE_END);
+  if (!text.isKeyword(whereKw, "where")) return {};
+  const whereEnd = text.clauseEnd(whereKw + 1, CLAUSE_END);
+  const start = text.tokens[whereKw + 1]!.start;
+  const end = text.tokens[whereEnd - 1]!.end;
+  // The WHERE as planned must be this text (nothing rewritten in it), or narrowing is left out.
+  if (text.slice(start, end) !== block.where) return {};
+  const cuts: { at: number; piece: WherePiece }[] = sites.flatMap((s) => [
+    ...(s.open === null ? [] : [{ at: s.open, piece: { slot: "open" as const } }]),
+    { at: s.close, piece: { slot: s.open === null ? "where" as const : "and" as const, key: s.key, column: s.column } },
+  ]).sort((a, b) => a.at - b.at);
+  const pieces: WherePiece[] = [];
+  let pos = start;
+  for (const c of cuts) {
+    pieces.push(text.slice(pos, c.at), c.piece);
+    pos = c.at;
+  }
+  pieces.push(text.slice(pos, end));
+  return { narrowWhere: pieces };
 }
 
 /** SubLinks of the block itself (select list, WHERE, HAVING), not those nested inside another subquery. */
@@ -148,6 +183,14 @@ function topSublinks(leaf: Node): Node[] {
     return false;
   });
   return out;
+}
+
+/** The nodes that are top-level conjuncts of the block's WHERE (a lone condition is its own conjunct). */
+function whereConjuncts(leaf: Node): Set<unknown> {
+  const where = child(leaf, "whereClause");
+  const and = child(where, "BoolExpr");
+  const nodes = and !== undefined && and["boolop"] === "AND_EXPR" ? list(and, "args") : [where];
+  return new Set(nodes.map((n) => child(n, "SubLink")).filter((n) => n !== undefined));
 }
 
 /** Window function calls of the block (not inside its subqueries). */

@@ -8,7 +8,8 @@ import type { Column } from "../../../plan.ts";
 import type { AggData, AlgebraicData, BlockData, DiffPlan } from "../diff_plan.ts";
 import { COUNT, ROW_ID } from "../diff_plan.ts";
 import { cast, COUNTS, type Deltas, deltaTerms, fromWhere, groupRowId, plainFrom } from "../delta_sql.ts";
-import { child, funcName, list, type Node, type QueryText, shape } from "../query_reading.ts";
+import { parseSync } from "libpg-query";
+import { child, funcName, list, type Node, QueryText, shape, walk } from "../query_reading.ts";
 import type { Strategy } from "./strategy.ts";
 
 export const algebraic: Strategy = {
@@ -39,19 +40,29 @@ export function algebraicHiddenColumns(alg: AlgebraicData): Column[] {
   return hidden;
 }
 
-/** The algebraic form of a grouped block, or null when an output is not a group key, count, or exact sum/avg. */
-export function algebraicPlan(args: {
+/**
+ * The algebraic form of a grouped block, or null when an output is not a group key, count, exact sum/avg, or an
+ * expression over those and constants. `typesOf` gives the types of aggregate calls in the block (null: unknown).
+ */
+export async function algebraicPlan(args: {
   text: QueryText;
   targetNodes: (Node | null)[];
+  /** The output expressions as text (aliases removed). */
+  targets: string[];
   groupNodes: unknown[];
   distinct: boolean;
   /** The query's output columns (their types decide which sums are exact). */
   columns: Column[];
-}): AlgebraicData | null {
+  /** Keys (`schema.name`) of the names that are aggregates. */
+  aggregates: Set<string>;
+  typesOf: (calls: string[]) => Promise<string[] | null>;
+}): Promise<AlgebraicData | null> {
   const { text, targetNodes, groupNodes, distinct, columns } = args;
   const groupShapes = groupNodes.map(shape);
   const outputs: AlgebraicData["outputs"] = [];
   const aggs: AggData[] = [];
+  /** Aggregates inside expressions, whose types are asked for at the end. */
+  const typed: { agg: AggData; call: string }[] = [];
   for (const [i, node] of targetNodes.entries()) {
     if (node === null) {
       if (!distinct) return null;
@@ -68,29 +79,111 @@ export function algebraicPlan(args: {
       continue;
     }
     const call = child(node, "FuncCall");
-    if (call === undefined) return null;
-    const f = funcName(call);
-    if (f.schema !== null && f.schema !== "pg_catalog") return null;
-    if (
-      call["agg_filter"] !== undefined || list(call, "agg_order").length > 0 || call["agg_distinct"] === true ||
-      call["func_variadic"] === true
-    ) return null;
+    if (call === undefined || !args.aggregates.has(aggregateKey(call))) {
+      const expr = expressionOutput(args.targets[i]!, args.aggregates);
+      if (expr === null) return null;
+      const slots = expr.map((piece) => {
+        if (typeof piece === "string") return piece;
+        const n = aggs.length + 1;
+        const agg: AggData = {
+          ...piece.agg,
+          nn: piece.agg.kind === "count_star" ? null : `__pgt_nn_${n}`,
+          sum: piece.agg.kind === "sum" || piece.agg.kind === "avg" ? `__pgt_sum_${n}` : null,
+        };
+        aggs.push(agg);
+        if (agg.kind === "sum" || agg.kind === "avg") typed.push({ agg, call: piece.call });
+        return { agg: aggs.length - 1 };
+      });
+      outputs.push({ expr: slots });
+      continue;
+    }
     const type = columns[i]!.type;
-    const args = list(call, "args");
+    const agg = aggregateOf(text, call);
     const n = aggs.length + 1;
-    let agg: AggData;
-    if (f.name === "count" && call["agg_star"] === true) agg = { kind: "count_star", arg: null, nn: null, sum: null };
-    else if (args.length !== 1) return null;
-    else if (f.name === "count") agg = { kind: "count", arg: argText(text, call), nn: null, sum: null };
-    else if (f.name === "sum" && (type === "bigint" || type === "numeric")) {
-      agg = { kind: "sum", arg: argText(text, call), nn: `__pgt_nn_${n}`, sum: null };
-    } else if (f.name === "avg" && type === "numeric") {
-      agg = { kind: "avg", arg: argText(text, call), nn: `__pgt_nn_${n}`, sum: `__pgt_sum_${n}` };
-    } else return null;
+    if (agg === null) return null;
+    else if (agg.kind === "sum" && (type === "bigint" || type === "numeric")) agg.nn = `__pgt_nn_${n}`;
+    else if (agg.kind === "avg" && type === "numeric") {
+      agg.nn = `__pgt_nn_${n}`;
+      agg.sum = `__pgt_sum_${n}`;
+    } else if (agg.kind === "sum" || agg.kind === "avg") return null;
     outputs.push({ agg: aggs.length });
     aggs.push(agg);
   }
+  if (typed.length > 0) {
+    // Exact only over integers and numeric: sum is then bigint or numeric, avg numeric.
+    const types = await args.typesOf(typed.map((t) => t.call));
+    if (types === null) return null;
+    for (const [j, t] of typed.entries()) {
+      const type = types[j]!;
+      if (t.agg.kind === "sum" ? type !== "bigint" && type !== "numeric" : type !== "numeric") return null;
+      t.agg.type = type;
+    }
+  }
   return { global: groupNodes.length === 0 && !distinct, outputs, aggs };
+}
+
+function aggregateKey(call: Node): string {
+  const f = funcName(call);
+  return `${f.schema ?? ""}.${f.name}`;
+}
+
+/** count(*), count, sum or avg of one argument, plain (no FILTER, ORDER BY, DISTINCT, VARIADIC), else null. */
+function aggregateOf(text: QueryText, call: Node): AggData | null {
+  const f = funcName(call);
+  if (f.schema !== null && f.schema !== "pg_catalog") return null;
+  if (
+    call["agg_filter"] !== undefined || list(call, "agg_order").length > 0 || call["agg_distinct"] === true ||
+    call["func_variadic"] === true || call["over"] !== undefined
+  ) return null;
+  const args = list(call, "args");
+  if (f.name === "count" && call["agg_star"] === true) return { kind: "count_star", arg: null, nn: null, sum: null };
+  if (args.length !== 1) return null;
+  if (f.name === "count" || f.name === "sum" || f.name === "avg") {
+    return { kind: f.name, arg: argText(text, call), nn: null, sum: null };
+  }
+  return null;
+}
+
+/**
+ * An output that is an expression over aggregates and constants: its text cut at each aggregate call, or null when
+ * it reads a column outside an aggregate (a group key in an expression), holds a subquery or a window, or an
+ * aggregate other than count, sum and avg.
+ */
+function expressionOutput(
+  target: string,
+  aggregates: Set<string>,
+): (string | { agg: AggData; call: string })[] | null {
+  const text = new QueryText(`SELECT ${target}`);
+  let tree: unknown;
+  try {
+    tree = parseSync(text.query);
+  } catch {
+    return null;
+  }
+  const calls: { agg: AggData; from: number; to: number }[] = [];
+  let readable = true;
+  walk(tree, (kind, node) => {
+    if (kind === "SubLink" || kind === "ColumnRef") readable = false;
+    if (kind !== "FuncCall" || !aggregates.has(aggregateKey(node))) return;
+    const agg = aggregateOf(text, node);
+    if (agg === null) readable = false;
+    else {
+      let open = text.tokenAt(Number(node["location"]));
+      while (open < text.tokens.length && text.tokens[open]!.text !== "(") open++;
+      calls.push({ agg, from: text.tokenAt(Number(node["location"])), to: text.matchParen(open) });
+    }
+    // The aggregate's argument reads columns: it is evaluated per source row, not here.
+    return false;
+  });
+  if (!readable) return null;
+  const pieces: (string | { agg: AggData; call: string })[] = [];
+  let pos = text.tokens[1]?.start ?? text.bytes.length;
+  for (const c of calls.sort((a, b) => a.from - b.from)) {
+    pieces.push(text.slice(pos, text.tokens[c.from]!.start), { agg: c.agg, call: text.range(c.from, c.to) });
+    pos = text.tokens[c.to - 1]!.end;
+  }
+  pieces.push(text.slice(pos, text.bytes.length));
+  return pieces;
 }
 
 /** The text between an aggregate call's parentheses. */
@@ -138,9 +231,25 @@ function applyAlgebraic(plan: DiffPlan, block: BlockData, target: string, deltas
       if (a.nn !== null) set.push([quoteIdent(a.nn), `${old(quoteIdent(a.nn))} + d."nn${i}"`]);
       if (a.sum !== null) set.push([quoteIdent(a.sum), `${old(quoteIdent(a.sum))} + d."s${i}"`]);
     }
+    // An aggregate's new value from the hidden state (aggregates inside expressions).
+    const value = (i: number) => {
+      const a = alg.aggs[i]!;
+      const nnNew = a.nn === null ? "" : `(${old(quoteIdent(a.nn))} + d."nn${i}")`;
+      const sumNew = a.sum === null ? "" : `(${old(quoteIdent(a.sum))} + d."s${i}")`;
+      // The change sums are numeric (sum of int8): a count is cast back to bigint, so `sum(v) / count(*)` divides as
+      // integers as it does in the query.
+      if (a.kind === "count_star") return `CAST(${old(count)} + d.dc AS bigint)`;
+      if (a.kind === "count") return `CAST(${nnNew} AS bigint)`;
+      const v = a.kind === "sum" ? sumNew : `${sumNew} / ${nnNew}::numeric`;
+      return `CAST(CASE WHEN ${nnNew} = 0 THEN NULL ELSE ${v} END AS ${a.type})`;
+    };
     alg.outputs.forEach((o, c) => {
       if ("group" in o) return;
       const col = plan.columns[c]!;
+      if ("expr" in o) {
+        set.push([col, cast(plan, c, o.expr.map((p) => (typeof p === "string" ? p : value(p.agg))).join(""))]);
+        return;
+      }
       const a = alg.aggs[o.agg]!;
       const i = o.agg;
       const nnNew = a.nn === null ? "" : `${old(quoteIdent(a.nn))} + d."nn${i}"`;

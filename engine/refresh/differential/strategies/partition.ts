@@ -43,14 +43,14 @@ function rowIdOfBlock(block: BlockData): string {
  * WHERE: before grouping, windows, DISTINCT ON and LIMIT, so a partition is recomputed whole). Outputs carry the
  * query's column names, so ORDER BY and DISTINCT ON read an output name as they did in the defining query.
  */
-function blockSelect(block: BlockData, plan: DiffPlan, restrict: string | null): string {
+function blockSelect(block: BlockData, plan: DiffPlan, restrict: string | null, where = block.where): string {
   const p = block.partition!;
   const distinct = p.distinctOn !== null
     ? `DISTINCT ON (${p.distinctOn.join(", ")}) `
     : (block.distinct ? "DISTINCT " : "");
   const outputs = block.targets.map((t, i) => `${t} AS ${plan.columns[i]}`);
   return `SELECT ${distinct}${outputs.join(", ")}, ${rowIdOfBlock(block)} AS ${ROW_ID}, ${partHash(p)} AS ${PART} ` +
-    fromWhere(plainFrom(block, plan), block.where, restrict) +
+    fromWhere(plainFrom(block, plan), where, restrict) +
     (block.groupBy !== null ? ` GROUP BY ${block.groupBy}` : "") +
     (block.having !== null ? ` HAVING ${block.having}` : "") +
     (p.tail !== null ? ` ${p.tail}` : "");
@@ -132,11 +132,11 @@ function topkTouched(block: BlockData, plan: DiffPlan, deltas: Deltas, target: s
       OR (${first}) = 1)`;
 }
 
-/** Hashes of the partitions the delta touches (a superset of those whose rows change), and key values if byValue. */
+/** Hashes of the partitions the delta touches (a superset of those whose rows change), and their key values. */
 function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
   const p = block.partition!;
   if (p.keys.length === 0) return "SELECT 0::int8 AS part";
-  const sel = `${partHash(p)} AS part` + (p.byValue ? p.keys.map((k, i) => `, ${k} AS "p${i}"`).join("") : "");
+  const sel = `${partHash(p)} AS part` + p.keys.map((k, i) => `, ${k} AS "p${i}"`).join("");
   const terms = ownTerms(block, plan, deltas, sel);
   // A changed row of a subquery's sources: the outer rows it may correlate with, now (outer rows that changed are
   // found above).
@@ -156,19 +156,50 @@ function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): st
   return `SELECT DISTINCT * FROM (${terms.join("\nUNION ALL\n")}) d`;
 }
 
-/** The current rows of the partitions `touched` (a relation with column `part`) lists: c0.., rid, part. */
+/**
+ * The current rows of the partitions `touched` (a relation with columns `part`, p0..) lists: c0.., rid, part.
+ *
+ * Partitions are selected by their key values, a semi-join PostgreSQL can serve by an index on the keys (selecting
+ * by hash scanned the block's whole FROM: a GROUP BY over a join recomputed like FULL). Keys that may be NULL (group,
+ * window, DISTINCT ON keys; byValue means primary-key columns) never match by `=`: the partitions with a NULL key are
+ * recomputed by hash in a second branch, limited to rows with a NULL key (the two are disjoint) and skipped outright
+ * (an uncorrelated EXISTS: a one-time filter) when no touched partition has one. Like row ids, partitions are told
+ * apart by a 64-bit hash when their stored rows are deleted; the design takes such a collision as impossible.
+ */
 function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
   const p = block.partition!;
-  const values = p.keys.map((_, i) => `k."p${i}"`).join(", ");
-  // Top-k: its one partition only when the boundary test found it (none: the recompute reads nothing).
-  const restrict = p.keys.length === 0
-    ? (p.topk !== undefined ? `EXISTS (SELECT 1 FROM ${touched} k)` : null)
-    : p.byValue
-    ? `(${p.keys.join(", ")}) IN (SELECT ${values} FROM ${touched} k)`
-    : `${partHash(p)} IN (SELECT part FROM ${touched} k)`;
   const names = [...plan.columns.map((_, i) => `"c${i}"`), "rid", "part"];
   const cols = plan.columns.map((_, i) => `${cast(plan, i, `q."c${i}"`)} AS "c${i}"`);
-  return `SELECT ${cols.join(", ")}, q.rid, q.part FROM (${blockSelect(block, plan, restrict)}) q(${names.join(", ")})`;
+  const outer = (inner: string) => `SELECT ${cols.join(", ")}, q.rid, q.part FROM (${inner}) q(${names.join(", ")})`;
+  // Top-k: its one partition only when the boundary test found it (none: the recompute reads nothing).
+  if (p.keys.length === 0) {
+    return outer(blockSelect(block, plan, p.topk !== undefined ? `EXISTS (SELECT 1 FROM ${touched} k)` : null));
+  }
+  const values = p.keys.map((_, i) => `k."p${i}"`);
+  const byValue = `(${p.keys.join(", ")}) IN (SELECT ${values.join(", ")} FROM ${touched} k`;
+  const where = narrowed(p, touched) ?? block.where;
+  if (p.byValue) return outer(blockSelect(block, plan, `${byValue})`, where));
+  const nullValue = values.map((v) => `${v} IS NULL`).join(" OR ");
+  const nullKey = p.keys.map((key) => `(${key}) IS NULL`).join(" OR ");
+  const valued = blockSelect(block, plan, `${byValue} WHERE NOT (${nullValue}))`, where);
+  const nulled = blockSelect(
+    block,
+    plan,
+    `EXISTS (SELECT 1 FROM ${touched} k WHERE ${nullValue}) AND (${nullKey}) AND ` +
+      `${partHash(p)} IN (SELECT part FROM ${touched} k WHERE ${nullValue})`,
+  );
+  return outer(`(${valued}) UNION ALL (${nulled})`);
+}
+
+/** The block's WHERE with its narrowable subqueries limited to the touched values of their key, or null. */
+function narrowed(p: PartitionData, touched: string): string | null {
+  if (p.narrowWhere === undefined) return null;
+  return p.narrowWhere.map((piece) => {
+    if (typeof piece === "string") return piece;
+    if (piece.slot === "open") return "(";
+    const cond = `${piece.column} IN (SELECT k."p${piece.key}" FROM ${touched} k)`;
+    return piece.slot === "and" ? `) AND ${cond}` : ` WHERE ${cond}`;
+  }).join("");
 }
 
 /** One statement: touched partitions, their rows recomputed, stored rows gone deleted, the others written if changed. */
