@@ -46,8 +46,8 @@ function mapped(e: unknown): unknown {
 
 /**
  * Runs `fn` (given the milliseconds it may still wait for the lock) with the SQL functions' errors mapped. A
- * REPEATABLE READ transaction that waited for a refresh to commit fails with a serialization error (its snapshot
- * predates that refresh): it is retried, with a new snapshot, until LOCK_WAIT_MS have passed.
+ * REPEATABLE READ transaction (a restore) that waited for a refresh to commit fails with a serialization error (its
+ * snapshot predates that refresh): it is retried, with a new snapshot, until LOCK_WAIT_MS have passed.
  */
 async function call<T>(fn: (waitMs: number) => Promise<T>, label = "the stream table"): Promise<T> {
   const deadline = performance.now() + LOCK_WAIT_MS;
@@ -105,9 +105,12 @@ export async function takeSnapshot(
   ctx: DatabaseContext,
   input: { streamTable: QualifiedName; target: QualifiedName | null },
 ): Promise<Snapshot> {
-  // REPEATABLE READ: the rows copied and the frontier recorded are read in one snapshot, under the refresh's lock.
+  // READ COMMITTED: under the refresh's lock the rows copied and the frontier recorded match in any isolation level
+  // (the SQL function says why), and a snapshot that waited for a refresh gets the lock when it commits, reading what
+  // it committed. A REPEATABLE READ one would fail then (its snapshot predates that commit) and retry behind the next
+  // refresh: under refreshes back to back it found the lock free only by chance, and gave up after LOCK_WAIT_MS.
   const snapshot = await call((waitMs) =>
-    ctx.sql.begin("isolation level repeatable read", async (tx) => {
+    ctx.sql.begin(async (tx) => {
       const [row] = await tx<{ snapshot: string }[]>`
         SELECT snapshot_schema || '.' || snapshot_name AS snapshot FROM pgtrickle.snapshot_stream_table(
           ${quoteQualified(input.streamTable)}, ${input.target === null ? null : quoteQualified(input.target)},

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import type { DiffPlan } from "../engine/refresh/differential/differential.ts";
 import { TrickleError } from "../engine/errors.ts";
 import { createStreamTable } from "../engine/stream_tables.ts";
-import { freshTestDatabase, type Sql } from "./support/oracle.ts";
+import { freshTestDatabase } from "./support/oracle.ts";
 import { plan, strategies } from "./support/plans.ts";
 import { dbTest, startTestService } from "./support/service.ts";
 

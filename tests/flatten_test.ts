@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { describeQuery } from "../engine/query.ts";
 import { flattenQuery } from "../engine/refresh/differential/differential.ts";
-import { freshTestDatabase, type Sql } from "./support/oracle.ts";
+import { freshTestDatabase } from "./support/oracle.ts";
 import { plan, strategies } from "./support/plans.ts";
 
 Deno.test({

@@ -163,23 +163,36 @@ Deno.test({
       const sql = oracle.sql;
       let stop = false;
       let round = 0;
-      const writer = (async () => {
-        while (!stop) await change(sql, round++);
-      })();
-      // As the scheduler does, refreshes come back to back with short pauses.
-      const refresher = (async () => {
-        while (!stop) {
+      // Each loop stops the others when it fails; settled at once, so a failure waits for the finally below.
+      const loop = async (step: () => Promise<void>) => {
+        try {
+          while (!stop) await step();
+        } finally {
+          stop = true;
+        }
+      };
+      const loops = Promise.allSettled([
+        loop(() => change(sql, round++)),
+        // As the scheduler does, refreshes come back to back with short pauses.
+        loop(async () => {
           await st.refresh();
           await new Promise((r) => setTimeout(r, 10));
-        }
-      })();
+        }),
+      ]);
       const snaps: SnapshotJson[] = [];
-      for (let i = 0; i < 5; i++) {
-        snaps.push(await snapshot(oracle, { stream_table: "totals" }));
-        await new Promise((r) => setTimeout(r, 50));
+      let settled: PromiseSettledResult<void>[];
+      try {
+        for (let i = 0; i < 5 && !stop; i++) {
+          snaps.push(await snapshot(oracle, { stream_table: "totals" }));
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      } finally {
+        // The writer and the refresher run on the pools oracle.close() ends: they finish before it, whatever failed
+        // here (a refresh left running would fail with CONNECTION_ENDED after the close, an uncaught rejection).
+        stop = true;
+        settled = await loops;
       }
-      stop = true;
-      await Promise.all([writer, refresher]);
+      for (const s of settled) if (s.status === "rejected") throw s.reason;
       assert.ok(round > 2 && st.refreshes.length > 3, `writes (${round}) and refreshes ran meanwhile`);
       assert.equal(new Set(snaps.map((s) => s.frontier)).size > 1, true, "the snapshots saw different frontiers");
 
@@ -192,6 +205,64 @@ Deno.test({
         assert.notEqual(next.action, "FULL", `the refresh after restoring ${snap.snapshot} continues from it`);
       }
     } finally {
+      await oracle.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "a snapshot waiting for a refresh gets the lock when that refresh commits, before a refresh queued after it",
+  ...dbTest,
+  fn: async () => {
+    const { oracle } = await setup();
+    const sql = oracle.sql;
+    // Two transactions that do to the catalog row what a refresh does (lock it, update it), committing on release:
+    // the second queues behind the snapshot, as the next refresh of a stream table refreshed back to back does.
+    const locked = [Promise.withResolvers<void>(), Promise.withResolvers<void>()];
+    const release = [Promise.withResolvers<void>(), Promise.withResolvers<void>()];
+    const refreshLike = (i: number) =>
+      sql.begin(async (tx) => {
+        await tx`SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'totals' FOR UPDATE`;
+        await tx`UPDATE pgtrickle.pgt_stream_tables SET updated_at = now() WHERE pgt_name = 'totals'`;
+        locked[i]!.resolve();
+        await release[i]!.promise;
+      });
+    const waitingForLocks = async (n: number) => {
+      for (let tries = 0;; tries++) {
+        const [w] = await sql<{ n: number }[]>`
+          SELECT count(*)::int AS n FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'`;
+        if (w!.n >= n) return;
+        assert.ok(tries < 500, `${n} sessions waiting for a lock, ${w!.n} after 5 s`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    const holders: Promise<unknown>[] = [];
+    let answer: Promise<Response> | null = null;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      holders.push(refreshLike(0));
+      await locked[0]!.promise;
+      answer = oracle.service.request("POST", "/snapshots", { stream_table: "totals" });
+      await waitingForLocks(1);
+      holders.push(refreshLike(1));
+      await waitingForLocks(2);
+      release[0]!.resolve();
+      // A REPEATABLE READ snapshot would fail here (its snapshot predates the commit), retry behind the second
+      // holder and wait for it: it must answer without the second being released.
+      const first = await Promise.race([
+        answer.then(() => "the snapshot"),
+        new Promise<string>((r) => (timer = setTimeout(() => r("nothing within 3 s"), 3000))),
+      ]);
+      assert.equal(first, "the snapshot", "the snapshot answered while the next refresh-like transaction waited");
+      const snap = await ok<SnapshotJson>(await answer, 201);
+      assert.equal(snap.frontier, (await state(sql, "totals")).frontier);
+      assert.deepEqual(await rowsOf(sql, snap.snapshot), (await state(sql, "totals")).rows);
+    } finally {
+      clearTimeout(timer);
+      for (const r of release) r.resolve();
+      // Everything on the pools settles before they close.
+      await Promise.allSettled([...holders, ...(answer === null ? [] : [answer])]);
       await oracle.close();
     }
   },

@@ -78,6 +78,17 @@ export interface PartitionData {
    * that a refresh can evaluate the touched rows as they were at the frontier and subtract them.
    */
   oldWhere?: { refs: RefData[]; where: WherePiece[] };
+  /** Top-k whose refresh first tests whether a change reaches the stored rows (absent: recompute on any change). */
+  topk?: TopkData;
+}
+
+/** An ungrouped top-k's boundary test (topk_planning.ts): LIMIT, OFFSET and ORDER BY over output columns. */
+export interface TopkData {
+  count: number;
+  offset: number;
+  withTies: boolean;
+  /** ORDER BY items: output column index, direction, where NULLs sort (explicit), quoted collation or null. */
+  order: { column: number; desc: boolean; nullsFirst: boolean; collate: string | null }[];
 }
 
 /**

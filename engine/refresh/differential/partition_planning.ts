@@ -17,6 +17,7 @@ import {
   type PartitionData,
   type RefData,
   type SublinkData,
+  type TopkData,
   Unsupported,
   unsupported,
   type WherePiece,
@@ -30,6 +31,7 @@ import {
   planSublink,
   resolvedColumn,
 } from "./sublink_planning.ts";
+import { planTopk } from "./topk_planning.ts";
 
 export interface PartitionInput {
   text: QueryText;
@@ -84,9 +86,22 @@ export async function planPartition(
 
   let keys: string[];
   let byValue = false;
+  let topk: TopkData | string = "";
   if (limited) {
     keys = [];
-    notes.push("top-k (ORDER BY ... LIMIT/OFFSET): a refresh with changes recomputes the whole result");
+    topk = await planTopk(sql, {
+      query: args.text.query,
+      leaf,
+      targetNodes: args.targetNodes,
+      outputNames: input.description.columns.map((c) => c.name),
+      outputTypes: input.description.columns.map((c) => c.type),
+      blocker: topkBlocker(constructs, args.aggregated || block.distinct),
+    });
+    notes.push(
+      typeof topk === "string"
+        ? `top-k (ORDER BY ... LIMIT/OFFSET): a refresh with changes recomputes the whole result (${topk})`
+        : "top-k (ORDER BY ... LIMIT/OFFSET): a refresh recomputes the whole result only when a change reaches its rows or sorts before its last row",
+    );
   } else if (windows.length > 0) {
     keys = windowKeys(args, windows);
     if (keys.length === 0) notes.push("whole-table window: a refresh with changes recomputes the whole result");
@@ -135,10 +150,18 @@ export async function planPartition(
     sublinks: sublinkData,
     touchAll: [...touchAll].sort((a, b) => a - b),
     notes,
+    ...(typeof topk === "string" || touchAll.size > 0 ? {} : { topk }),
   };
   const narrowWhere = wherePieces(args, { sites: narrowable, keys, rangeVars: [] });
   if (narrowWhere !== null && narrowWhere.some((p) => typeof p === "object")) partition.narrowWhere = narrowWhere;
   return { partition, sites: narrowable };
+}
+
+/** Why a top-k block cannot test its boundary (exactly and cheaply), or null. */
+function topkBlocker(constructs: string[], grouped: boolean): string | null {
+  if (grouped) return "grouped or DISTINCT";
+  const other = constructs.filter((c) => c !== "LIMIT/OFFSET");
+  return other.length > 0 ? `top-k over a ${other[0]}` : null;
 }
 
 /**

@@ -89,19 +89,65 @@ function termRef(plan: DiffPlan, deltas: Deltas, args: { refs: RefData[]; i: num
   return src.table + r.aliasSuffix;
 }
 
+/**
+ * Discovery terms of the block's own references, selecting `sel`. A changed row must participate, not be
+ * NULL-extended (an outer join whose nullable side is the delta then reduces to an inner join).
+ */
+function ownTerms(block: BlockData, plan: DiffPlan, deltas: Deltas, sel: string): string[] {
+  const terms: string[] = [];
+  for (const [k, ref] of block.refs.entries()) {
+    if (!deltas.tables.has(ref.source)) continue;
+    const from = render(block.from, (i) => termRef(plan, deltas, { refs: block.refs, i, k }));
+    terms.push(
+      `SELECT ${sel} ${fromWhere(from, block.partition!.discoveryWhere, `${quoteIdent(`__pgt_w_${k}`)} IS NOT NULL`)}`,
+    );
+  }
+  return terms;
+}
+
+/**
+ * Top-k: its one partition when some changed row (old or new version, as discovery reads it) can change the stored
+ * rows, else nothing (the refresh then recomputes nothing). A changed row can when its row id is stored (its old
+ * version is a stored row), when fewer than LIMIT rows are stored (any qualifying row may enter), or when it sorts
+ * before the last stored row or ties it (in ORDER BY's own directions, NULLs placement and collation). With OFFSET the
+ * same test is conservative: a change before the window shifts it, and sorts before its last row.
+ */
+function topkTouched(block: BlockData, plan: DiffPlan, deltas: Deltas, target: string): string {
+  const t = block.partition!.topk!;
+  const s = (j: number) => `"s${j}"`;
+  // A sort item on an expression (COLLATE) cannot read an output alias: `x."s0"` and `st.<column>` name inputs.
+  const sortOf = (o: (typeof t.order)[number], expr: string, reverse: boolean) =>
+    `${expr}${o.collate === null ? "" : ` COLLATE ${o.collate}`} ${o.desc !== reverse ? "DESC" : "ASC"} NULLS ${
+      o.nullsFirst !== reverse ? "FIRST" : "LAST"
+    }`;
+  const sel = [
+    ...t.order.map((o, j) => `${cast(plan, o.column, block.targets[o.column]!)} AS ${s(j)}`),
+    `${rowIdOfBlock(block)} AS rid`,
+  ].join(", ");
+  const terms = ownTerms(block, plan, deltas, sel);
+  if (terms.length === 0) return "SELECT 0::int8 AS part WHERE false";
+  const sortCols = t.order.map((_, j) => s(j)).join(", ");
+  const stored = t.order.map((o, j) => `st.${plan.columns[o.column]} AS ${s(j)}`).join(", ");
+  // The last stored row: the stored rows in reverse order, first one. Candidates sort before it on a tie (b DESC).
+  const last = `SELECT ${stored} FROM ${target} st ORDER BY ${
+    t.order.map((o) => sortOf(o, `st.${plan.columns[o.column]}`, true)).join(", ")
+  } LIMIT 1`;
+  const first = `SELECT x.b FROM (SELECT ${sortCols}, 0 AS b FROM (${last}) l UNION ALL SELECT ${sortCols}, 1 FROM c) x
+    ORDER BY ${t.order.map((o, j) => sortOf(o, `x.${s(j)}`, false)).join(", ")}, x.b DESC LIMIT 1`;
+  // The count is a planned integer constant, not request text.
+  return `SELECT 0::int8 AS part WHERE EXISTS (
+    WITH c AS MATERIALIZED (${terms.join("\nUNION ALL\n")})
+    SELECT 1 WHERE EXISTS (SELECT 1 FROM c JOIN ${target} st ON st.${ROW_ID} = c.rid)
+      OR (EXISTS (SELECT 1 FROM c) AND (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM ${target} LIMIT ${t.count}) n) < ${t.count})
+      OR (${first}) = 1)`;
+}
+
 /** Hashes of the partitions the delta touches (a superset of those whose rows change), and their key values. */
 function touchedPartitions(block: BlockData, plan: DiffPlan, deltas: Deltas): string {
   const p = block.partition!;
   if (p.keys.length === 0) return "SELECT 0::int8 AS part";
   const sel = `${partHash(p)} AS part` + p.keys.map((k, i) => `, ${k} AS "p${i}"`).join("");
-  const terms: string[] = [];
-  // A changed row of the block's own references: it must participate, not be NULL-extended (an outer join whose
-  // nullable side is the delta then reduces to an inner join).
-  for (const [k, ref] of block.refs.entries()) {
-    if (!deltas.tables.has(ref.source)) continue;
-    const from = render(block.from, (i) => termRef(plan, deltas, { refs: block.refs, i, k }));
-    terms.push(`SELECT ${sel} ${fromWhere(from, p.discoveryWhere, `${quoteIdent(`__pgt_w_${k}`)} IS NOT NULL`)}`);
-  }
+  const terms = ownTerms(block, plan, deltas, sel);
   // A changed row of a subquery's sources: the outer rows it may correlate with, now (outer rows that changed are
   // found above).
   const outer = plainFrom(block, plan);
@@ -167,7 +213,10 @@ function recomputed(block: BlockData, plan: DiffPlan, touched: string): string {
   const names = [...plan.columns.map((_, i) => `"c${i}"`), "rid", "part"];
   const cols = plan.columns.map((_, i) => `${cast(plan, i, `q."c${i}"`)} AS "c${i}"`);
   const outer = (inner: string) => `SELECT ${cols.join(", ")}, q.rid, q.part FROM (${inner}) q(${names.join(", ")})`;
-  if (p.keys.length === 0) return outer(blockSelect(block, plan, null));
+  // Top-k: its one partition only when the boundary test found it (none: the recompute reads nothing).
+  if (p.keys.length === 0) {
+    return outer(blockSelect(block, plan, p.topk !== undefined ? `EXISTS (SELECT 1 FROM ${touched} k)` : null));
+  }
   const values = p.keys.map((_, i) => `k."p${i}"`);
   const byValue = `(${p.keys.join(", ")}) IN (SELECT ${values.join(", ")} FROM ${touched} k`;
   const where = narrowed(p, touched) ?? block.where;
@@ -204,7 +253,10 @@ function renderWhere(pieces: WherePiece[], touched: string, fill: (ref: number) 
 function applyPartition(plan: DiffPlan, block: BlockData, target: string, deltas: Deltas): string {
   const cols = plan.columns.map((_, i) => `"c${i}"`);
   const all = [...plan.columns, PART];
-  return `WITH k AS MATERIALIZED (${touchedPartitions(block, plan, deltas)}),
+  const k = block.partition!.topk !== undefined
+    ? topkTouched(block, plan, deltas, target)
+    : touchedPartitions(block, plan, deltas);
+  return `WITH k AS MATERIALIZED (${k}),
     n AS MATERIALIZED (${recomputed(block, plan, "k")}),
     del AS (
       DELETE FROM ${target} st WHERE st.${PART} IN (SELECT part FROM k)
