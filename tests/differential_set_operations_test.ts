@@ -6,10 +6,11 @@
  * Replay a failure with ORACLE_SEED=<seed> (the seed is printed).
  */
 import assert from "node:assert/strict";
-import { type Mode, OracleEngine, oracleSeed, Rng, type Sql, StreamTableUnderTest, type Tx } from "./support/oracle.ts";
+import { oracleSeed, type Rng, type Sql, type Tx } from "./support/oracle.ts";
+import { type OracleCase, runOracle, type Workload } from "./support/oracle_workload.ts";
 
 /** `after` names a stream table this one reads (created first, refreshed first). */
-const CASES: { name: string; query: string; after?: string }[] = [
+const CASES: OracleCase[] = [
   { name: "union", query: "SELECT x, y FROM p UNION SELECT x, y FROM q" },
   {
     name: "union_join",
@@ -50,12 +51,6 @@ const CASES: { name: string; query: string; after?: string }[] = [
     query: "SELECT y, NULL::int AS z FROM p UNION ALL SELECT y, x FROM q INTERSECT SELECT tag, x FROM r",
   },
 ];
-
-interface Pair {
-  name: string;
-  full: StreamTableUnderTest;
-  diff: StreamTableUnderTest;
-}
 
 type Exec = Sql | Tx;
 
@@ -128,117 +123,24 @@ async function randomWrite(sql: Exec, rng: Rng): Promise<void> {
   }
 }
 
-async function randomTransaction(sql: Sql, rng: Rng): Promise<void> {
-  const n = rng.int(1, 4);
-  try {
-    await sql.begin(async (tx) => {
-      for (let i = 0; i < n; i++) await randomWrite(tx, rng);
-    });
-  } catch (e) {
-    // Concurrent writers may collide on a key or deadlock; the transaction rolls back, which is a case too.
-    const code = (e as { code?: string }).code;
-    if (code !== "23505" && code !== "40P01") throw e;
-  }
-}
-
-async function refreshAll(pairs: Pair[], rng: Rng): Promise<void> {
-  for (const p of pairs) {
-    for (const st of rng.chance(0.5) ? [p.full, p.diff] : [p.diff, p.full]) await st.refresh();
-  }
-}
-
-async function assertModesAgree(sql: Sql, pairs: Pair[]): Promise<void> {
-  for (const p of pairs) {
-    const cols = p.diff.plan.columns.map((c) => `"${c.name}"`).join(", ");
-    const [row] = await sql.unsafe(`SELECT
-      (SELECT count(*) FROM (SELECT ${cols} FROM "${p.full.name}" EXCEPT ALL SELECT ${cols} FROM "${p.diff.name}") x) +
-      (SELECT count(*) FROM (SELECT ${cols} FROM "${p.diff.name}" EXCEPT ALL SELECT ${cols} FROM "${p.full.name}") y)
-      AS n`);
-    assert.equal(Number(row!["n"]), 0, `FULL and DIFFERENTIAL content of "${p.name}" differ`);
-  }
-}
-
-async function runOracle(seed: number): Promise<{ refreshes: number; differential: number }> {
-  const rng = new Rng(seed);
-  // The sources are small: the change-ratio limit is lifted so that the differential path is what runs.
-  const oracle = await OracleEngine.start({ settings: { differentialMaxChangeRatio: Number.MAX_VALUE } });
-  const sql = oracle.sql;
-  const pairs: Pair[] = [];
-  let step = "setup";
-  try {
-    await createSources(sql, rng);
-    for (const c of CASES) {
-      step = `create ${c.name}`;
-      const make = (mode: Mode) => {
-        const suffix = mode === "FULL" ? "full" : "diff";
-        const query = c.after === undefined ? c.query : c.query.replace("st_src", `st_${c.after}_${suffix}`);
-        return StreamTableUnderTest.create(oracle, { name: `st_${c.name}_${suffix}`, query, mode });
-      };
-      pairs.push({ name: c.name, full: await make("FULL"), diff: await make("DIFFERENTIAL") });
-    }
-    for (let round = 0; round < 14; round++) {
-      step = `round ${round}`;
-      const n = rng.int(1, 5);
-      for (let i = 0; i < n; i++) await randomTransaction(sql, rng);
-      if (round === 3) {
-        step = `round ${round}: a transaction spanning two refreshes`;
-        const long = await sql.reserve();
-        try {
-          await long`BEGIN`;
-          await randomWrite(long, rng);
-          await randomWrite(long, rng);
-          await refreshAll(pairs, rng);
-          await randomWrite(long, rng);
-          await refreshAll(pairs, rng);
-          await long`COMMIT`;
-        } finally {
-          long.release();
-        }
-      }
-      if (round === 5) {
-        step = `round ${round}: a rolled-back transaction`;
-        await sql.begin(async (tx) => {
-          for (let i = 0; i < 4; i++) await randomWrite(tx, rng);
-          throw new Error("rollback");
-        }).catch((e: Error) => assert.equal(e.message, "rollback"));
-      }
-      if (round === 7) {
-        step = `round ${round}: a truncate`;
-        await sql`TRUNCATE q`;
-        for (let i = 0; i < 40; i++) await insertRow(sql, rng, "q");
-      }
-      if (round % 4 === 2) {
-        step = `round ${round}: concurrent writers during refreshes`;
-        const writers = [1, 2].map(async (j) => {
-          const w = new Rng(seed + round * 10 + j);
-          for (let i = 0; i < 15; i++) {
-            await randomTransaction(sql, w);
-            await new Promise((r) => setTimeout(r, w.int(0, 20)));
-          }
-        });
-        await Promise.all([refreshAll(pairs, rng), ...writers]);
-      }
-      step = `round ${round}: refresh`;
-      await refreshAll(pairs, rng);
-      step = `round ${round}: FULL vs DIFFERENTIAL`;
-      await assertModesAgree(sql, pairs);
-    }
-    const all = pairs.flatMap((p) => p.diff.refreshes).filter((r) => r.action !== "NO_DATA");
-    return { refreshes: all.length, differential: all.filter((r) => r.action === "DIFFERENTIAL").length };
-  } catch (e) {
-    console.error(`Set-operation oracle failed at ${step}; replay with ORACLE_SEED=${seed}`);
-    throw e;
-  } finally {
-    await oracle.close();
-  }
-}
+/** Three tables with small, overlapping value domains; a case over another's stream table names `st_src`. */
+const SETS: Workload = {
+  name: "Set-operation oracle",
+  createSources,
+  randomWrite,
+  truncate: async (sql, rng) => {
+    await sql`TRUNCATE q`;
+    for (let i = 0; i < 40; i++) await insertRow(sql, rng, "q");
+  },
+  upstream: "st_src",
+};
 
 Deno.test({
   name: "set operations oracle: every case equals its query after every refresh (fixed seed)",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const stats = await runOracle(Number(Deno.env.get("ORACLE_SEED") ?? 20261127));
+    const stats = await runOracle(Number(Deno.env.get("ORACLE_SEED") ?? 20261127), CASES, SETS);
     // The workload must really exercise the differential path (a truncate's refresh is FULL).
     assert.ok(stats.differential > stats.refreshes * 0.8, JSON.stringify(stats));
   },
@@ -252,7 +154,7 @@ Deno.test({
   async fn() {
     const seed = oracleSeed();
     console.log(`set operations oracle seed ${seed} (replay with ORACLE_SEED=${seed})`);
-    const stats = await runOracle(seed);
+    const stats = await runOracle(seed, CASES, SETS);
     assert.ok(stats.differential > stats.refreshes * 0.8, JSON.stringify(stats));
   },
 });

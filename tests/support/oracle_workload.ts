@@ -1,19 +1,36 @@
 /**
- * The workload of the differential oracle tests (tests/differential_oracle_test.ts and
- * tests/differential_wider_oracle_test.ts): four source tables, seeded random DML (inserts, updates of values, keys,
- * join keys and group keys, deletes, NULLs, a truncate, a transaction spanning two refreshes, a rolled-back
- * transaction, concurrent writers), and every case as a FULL and a DIFFERENTIAL stream table created and refreshed by
- * the engine, checked against its query after every refresh.
+ * The differential oracle's run (tests/differential_oracle_test.ts, tests/differential_wider_oracle_test.ts,
+ * tests/differential_set_operations_test.ts): seeded rounds of random DML over a workload's source tables (inserts,
+ * updates of values, keys, join keys and group keys, deletes, NULLs, a truncate, a transaction spanning two refreshes,
+ * a rolled-back transaction, concurrent writers), every case as a FULL and a DIFFERENTIAL stream table created and
+ * refreshed by the engine, checked against its query after every refresh. The default workload is four tables a, b,
+ * c, d; a test may bring its own (`Workload`).
  */
 import assert from "node:assert/strict";
 import type { QueryPlan } from "../../engine/plan.ts";
 import { type Mode, OracleEngine, Rng, type Sql, StreamTableUnderTest, type Tx } from "./oracle.ts";
 
-/** A stream table under test: its query over a, b, c, d; `after` names a case whose stream table this one reads. */
+/**
+ * A stream table under test: its query over the workload's tables; `after` names a case whose stream table this one
+ * reads (its query names it by the workload's `upstream` placeholder).
+ */
 export interface OracleCase {
   name: string;
   query: string;
   after?: string;
+}
+
+/** The source tables of an oracle run and the writes to them. */
+export interface Workload {
+  /** Named in the failure message. */
+  name: string;
+  createSources(sql: Sql, rng: Rng): Promise<void>;
+  /** One random write (a statement or a few), in a transaction of the caller's. */
+  randomWrite(sql: Sql | Tx, rng: Rng): Promise<void>;
+  /** Round 7: a source truncated and filled again. */
+  truncate(sql: Sql, rng: Rng): Promise<void>;
+  /** The word in a case's query that stands for the stream table of its `after` case. */
+  upstream: string;
 }
 
 interface Pair {
@@ -119,11 +136,11 @@ async function randomWrite(sql: Exec, rng: Rng): Promise<void> {
   }
 }
 
-async function randomTransaction(sql: Sql, rng: Rng): Promise<void> {
+async function randomTransaction(sql: Sql, rng: Rng, write: Workload["randomWrite"]): Promise<void> {
   const n = rng.int(1, 4);
   try {
     await sql.begin(async (tx) => {
-      for (let i = 0; i < n; i++) await randomWrite(tx, rng);
+      for (let i = 0; i < n; i++) await write(tx, rng);
     });
   } catch (e) {
     // Concurrent writers may collide on a key or deadlock; the transaction rolls back, which is a case too.
@@ -151,14 +168,27 @@ async function assertModesAgree(sql: Sql, pairs: Pair[]): Promise<void> {
   }
 }
 
+/** The default workload: tables a, b, c (a two-column key), d; a case reading another's stream table names `st_join`. */
+export const ABCD: Workload = {
+  name: "Oracle",
+  createSources,
+  randomWrite,
+  truncate: async (sql, rng) => {
+    await sql`TRUNCATE c`;
+    for (let i = 0; i < 20; i++) await insertC(sql, rng);
+  },
+  upstream: "st_join",
+};
+
 /**
- * Rounds of seeded random DML over the sources a, b, c, d, each case as a FULL and a DIFFERENTIAL stream table
+ * Rounds of seeded random DML over the workload's sources, each case as a FULL and a DIFFERENTIAL stream table
  * checked by the oracle after every refresh, and both modes compared after every round. Returns how many refreshes
  * with changes there were, how many were DIFFERENTIAL, and the DIFFERENTIAL stream tables' plans.
  */
 export async function runOracle(
   seed: number,
   cases: OracleCase[],
+  workload: Workload = ABCD,
 ): Promise<{ refreshes: number; differential: number; plans: Map<string, QueryPlan> }> {
   const rng = new Rng(seed);
   // The sources are small, so most rounds change more than differential_max_change_ratio of them and the engine
@@ -168,12 +198,13 @@ export async function runOracle(
   const pairs: Pair[] = [];
   let step = "setup";
   try {
-    await createSources(sql, rng);
+    await workload.createSources(sql, rng);
+    const write = workload.randomWrite;
     for (const c of cases) {
       step = `create ${c.name}`;
       const make = (mode: Mode) => {
         const suffix = mode === "FULL" ? "full" : "diff";
-        const query = c.after === undefined ? c.query : c.query.replace("st_join", `st_${c.after}_${suffix}`);
+        const query = c.after === undefined ? c.query : c.query.replace(workload.upstream, `st_${c.after}_${suffix}`);
         return StreamTableUnderTest.create(oracle, { name: `st_${c.name}_${suffix}`, query, mode });
       };
       pairs.push({ name: c.name, full: await make("FULL"), diff: await make("DIFFERENTIAL") });
@@ -181,16 +212,16 @@ export async function runOracle(
     for (let round = 0; round < 14; round++) {
       step = `round ${round}`;
       const n = rng.int(1, 5);
-      for (let i = 0; i < n; i++) await randomTransaction(sql, rng);
+      for (let i = 0; i < n; i++) await randomTransaction(sql, rng, write);
       if (round === 3) {
         step = `round ${round}: a transaction spanning two refreshes`;
         const long = await sql.reserve();
         try {
           await long`BEGIN`;
-          await randomWrite(long, rng);
-          await randomWrite(long, rng);
+          await write(long, rng);
+          await write(long, rng);
           await refreshAll(pairs, rng);
-          await randomWrite(long, rng);
+          await write(long, rng);
           await refreshAll(pairs, rng);
           await long`COMMIT`;
         } finally {
@@ -200,21 +231,20 @@ export async function runOracle(
       if (round === 5) {
         step = `round ${round}: a rolled-back transaction`;
         await sql.begin(async (tx) => {
-          for (let i = 0; i < 4; i++) await randomWrite(tx, rng);
+          for (let i = 0; i < 4; i++) await write(tx, rng);
           throw new Error("rollback");
         }).catch((e: Error) => assert.equal(e.message, "rollback"));
       }
       if (round === 7) {
         step = `round ${round}: a truncate`;
-        await sql`TRUNCATE c`;
-        for (let i = 0; i < 20; i++) await insertC(sql, rng);
+        await workload.truncate(sql, rng);
       }
       if (round % 4 === 2) {
         step = `round ${round}: concurrent writers during refreshes`;
         const writers = [1, 2].map(async (j) => {
           const w = new Rng(seed + round * 10 + j);
           for (let i = 0; i < 15; i++) {
-            await randomTransaction(sql, w);
+            await randomTransaction(sql, w, write);
             await new Promise((r) => setTimeout(r, w.int(0, 20)));
           }
         });
@@ -230,7 +260,7 @@ export async function runOracle(
     const plans = new Map(pairs.map((p) => [p.name, p.diff.plan]));
     return { refreshes: all.length, differential: all.filter((r) => r.action === "DIFFERENTIAL").length, plans };
   } catch (e) {
-    console.error(`Oracle failed at ${step}; replay with ORACLE_SEED=${seed}`);
+    console.error(`${workload.name} failed at ${step}; replay with ORACLE_SEED=${seed}`);
     throw e;
   } finally {
     await oracle.close();
