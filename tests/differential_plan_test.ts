@@ -43,12 +43,13 @@ Deno.test({
           ["SELECT g, g + count(*) AS x FROM t GROUP BY g", ["recompute"]],
           ["SELECT g, sum(f) * 2 AS s FROM t GROUP BY g", ["recompute"]],
           ["SELECT g, max(v) + 1 AS m FROM t GROUP BY g", ["recompute"]],
-          // A global aggregate over a subquery in WHERE or an outer join: algebraic over rows, unless an output is not;
-          // a grouped one: recomputed by group.
+          // An aggregate over a subquery in WHERE or an outer join: algebraic over rows, unless an output is not or
+          // its groups are as fine as a table's rows (a group key set holding a primary key: recomputed by group).
           ["SELECT count(*) AS c FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.t_id = t.id)", ["algebraic"]],
           ["SELECT sum(u.w) AS s FROM t LEFT JOIN u ON u.t_id = t.id", ["algebraic"]],
           ["SELECT max(u.w) AS m FROM t LEFT JOIN u ON u.t_id = t.id", ["partition"]],
-          ["SELECT t.g, sum(u.w) AS s FROM t LEFT JOIN u ON u.t_id = t.id GROUP BY t.g", ["partition"]],
+          ["SELECT t.g, sum(u.w) AS s FROM t LEFT JOIN u ON u.t_id = t.id GROUP BY t.g", ["algebraic"]],
+          ["SELECT t.id, sum(u.w) AS s FROM t LEFT JOIN u ON u.t_id = t.id GROUP BY t.id", ["partition"]],
           ["SELECT id, v FROM t UNION ALL SELECT id, w FROM u", ["rows", "rows"]],
           ["SELECT g, count(*) AS c FROM t GROUP BY g UNION ALL SELECT id, w FROM u", ["recompute", "rows"]],
           [`SELECT o.id, o."Val" FROM "Odd ""name""" o`, ["rows"]],

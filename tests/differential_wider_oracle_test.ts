@@ -131,12 +131,18 @@ const CASES: OracleCase[] = [
   },
   { name: "in_on_key", query: "SELECT a.id, a.v FROM a WHERE a.id IN (SELECT d.k FROM d WHERE d.label = 'label1')" },
   { name: "in_on_key_no_where", query: "SELECT a.id, a.k FROM a WHERE a.k > 2 AND a.id IN (SELECT c.id1 FROM c)" },
+  // Aggregates kept algebraically over the rows of an outer join or a subquery in WHERE (global ones, and groups
+  // coarser than a table's rows): the touched rows are added as they are now and subtracted as they were at the
+  // frontier (the subqueries' tables in their state then). Grouped by a key (fine groups): recomputed by group.
   {
     name: "left_join_group_sums",
     query: "SELECT a.g, count(b.id) AS nb, sum(b.w) AS sw, count(*) AS c FROM a LEFT JOIN b ON a.k = b.id GROUP BY a.g",
   },
-  // Global aggregates kept algebraically over the rows of an outer join or a subquery in WHERE: the touched rows are
-  // added as they are now and subtracted as they were at the frontier (the subqueries' tables in their state then).
+  {
+    name: "exists_group_by_key",
+    query: "SELECT a.id, a.g, count(*) AS c, sum(b.w) AS sw FROM a JOIN b ON a.k = b.id " +
+      "WHERE EXISTS (SELECT 1 FROM c WHERE c.id1 = b.k2 AND c.x > 10) GROUP BY a.id, a.g",
+  },
   {
     name: "correlated_scalar_sum",
     query: "SELECT sum(a.v) AS sv, count(*) AS c FROM a WHERE a.v < (SELECT avg(a2.v) FROM a a2 WHERE a2.g = a.g)",
@@ -159,7 +165,15 @@ const CASES: OracleCase[] = [
 ];
 
 /** Aggregates kept algebraically over rows (the others are recomputed by partition). */
-const OVER_ROWS = new Set(["correlated_scalar_sum", "exists_global", "left_join_global", "in_grouped_global"]);
+const OVER_ROWS = new Set([
+  "exists_group",
+  "left_join_in_group",
+  "left_join_group_sums",
+  "correlated_scalar_sum",
+  "exists_global",
+  "left_join_global",
+  "in_grouped_global",
+]);
 
 function assertPartitionPlans(plans: Map<string, { differential: unknown }>): void {
   // A stream table over a partition-maintained one is an ordinary GROUP BY.

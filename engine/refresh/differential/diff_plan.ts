@@ -92,11 +92,18 @@ export interface TopkData {
 }
 
 /**
- * A piece of a WHERE a refresh rewrites: literal SQL; a table a subquery reads (index into oldWhere.refs); or where to
+ * A piece of a WHERE a refresh rewrites: literal SQL; a table a subquery reads (index into oldWhere.refs); where to
  * add `y IN (touched values of key)` to a subquery's WHERE: "open" (a parenthesis before its own condition), "and"
- * (after it: `) AND ...`), "where" (it has none: ` WHERE ...`).
+ * (after it: `) AND ...`), "where" (it has none: ` WHERE ...`); or around a top-level conjunct holding a subquery,
+ * "guard" and "end_guard" (`(...) IS TRUE` where the rows are read at the frontier, below).
  */
-export type WherePiece = string | number | { slot: "open" } | { slot: "and" | "where"; key: number; column: string };
+export type WherePiece =
+  | string
+  | number
+  | { slot: "open" }
+  | { slot: "guard" }
+  | { slot: "end_guard" }
+  | { slot: "and" | "where"; key: number; column: string };
 
 /** A subquery in an expression, as discovery reads it: its FROM with slots, its WHERE without nested subqueries. */
 export interface SublinkData {

@@ -49,26 +49,38 @@ export function columnRefs(fields: string[], refColumns: RefColumns[]): number[]
 export function conjuncts(where: string | null): string[] {
   if (where === null) return [];
   const text = new QueryText(where);
-  const parts: string[] = [];
+  const tree = parseSync(`SELECT 1 WHERE ${where}`) as { stmts: { stmt: Node }[] };
+  const w = child(child(tree.stmts[0]?.stmt, "SelectStmt"), "whereClause");
+  return conjunctRanges(text, { from: 0, to: text.tokens.length, where: w }).map(([a, b]) => text.range(a, b));
+}
+
+/**
+ * The token ranges of the top-level AND conjuncts of the WHERE at tokens [from, to) whose parse node is `where`; []
+ * when the cut disagrees with the parser's count.
+ */
+export function conjunctRanges(
+  text: QueryText,
+  args: { from: number; to: number; where: Node | undefined },
+): [number, number][] {
+  const parts: [number, number][] = [];
   let depth = 0;
-  let start = 0;
+  let start = args.from;
   let between = 0;
-  for (const [j, t] of text.tokens.entries()) {
+  for (let j = args.from; j < args.to; j++) {
+    const t = text.tokens[j]!;
     if (t.text === "(" || t.text === "[") depth++;
     else if (t.text === ")" || t.text === "]") depth--;
     else if (depth === 0 && t.keyword && t.text.toLowerCase() === "between") between++;
     else if (depth === 0 && t.keyword && t.text.toLowerCase() === "and") {
       if (between > 0) between--;
       else {
-        parts.push(text.range(start, j));
+        parts.push([start, j]);
         start = j + 1;
       }
     }
   }
-  parts.push(text.range(start, text.tokens.length));
-  const tree = parseSync(`SELECT 1 WHERE ${where}`) as { stmts: { stmt: Node }[] };
-  const w = child(child(tree.stmts[0]?.stmt, "SelectStmt"), "whereClause");
-  const and = child(w, "BoolExpr");
+  parts.push([start, args.to]);
+  const and = child(args.where, "BoolExpr");
   const count = and !== undefined && and["boolop"] === "AND_EXPR" ? list(and, "args").length : 1;
   return parts.length === count ? parts : [];
 }

@@ -177,10 +177,10 @@ export function rowChangeTerm(block: BlockData, plan: DiffPlan, deltas: Deltas, 
   const values = p.keys.map((_, i) => `k."p${i}"`).join(", ");
   const touched = `(${p.keys.join(", ")}) IN (SELECT ${values} FROM "__pgt_rows" k)`;
   // The WHERE's own subqueries narrowed to the touched keys where they can be, read now and at the frontier.
-  const where = (fill: (ref: number) => string) =>
-    block.where === null ? null : renderWhere(old.where, `"__pgt_rows"`, fill);
-  const nowWhere = where((i) => plan.sources[old.refs[i]!.source]!.table);
-  const oldWhere = where((i) => oldState(plan, deltas, old.refs[i]!));
+  const where = (fill: (ref: number) => string, guarded: boolean) =>
+    block.where === null ? null : renderWhere(old.where, `"__pgt_rows"`, fill, guarded);
+  const nowWhere = where((i) => plan.sources[old.refs[i]!.source]!.table, false);
+  const oldWhere = where((i) => oldState(plan, deltas, old.refs[i]!), true);
   // Each reference never NULL-extended is restricted by its own keys inside its state at the frontier (else the
   // state of a whole table is built before the touched rows are picked from it: TPC-H Q17 took 25 s).
   const own = new Map<number, string>();
@@ -238,11 +238,18 @@ function narrowed(p: PartitionData, touched: string): string | null {
   return p.narrowWhere === undefined ? null : renderWhere(p.narrowWhere, touched, () => "");
 }
 
-/** WHERE pieces as SQL: narrowed subqueries read key values from `touched`, each table slot is `fill`'s. */
-function renderWhere(pieces: WherePiece[], touched: string, fill: (ref: number) => string): string {
+/**
+ * WHERE pieces as SQL: narrowed subqueries read key values from `touched`, each table slot is `fill`'s; `guarded`:
+ * each conjunct holding a subquery as `(conjunct) IS TRUE`, the same in a WHERE's top-level AND, but out of reach of
+ * PostgreSQL's pulling EXISTS and IN up into joins, so the subquery stays a correlated SubPlan whose parameters reach
+ * into the tables' states at the frontier (subqueries of their own, which a join could not look up by index).
+ */
+function renderWhere(pieces: WherePiece[], touched: string, fill: (ref: number) => string, guarded = false): string {
   return pieces.map((piece) => {
     if (typeof piece === "string") return piece;
     if (typeof piece === "number") return fill(piece);
+    if (piece.slot === "guard") return guarded ? "(" : "";
+    if (piece.slot === "end_guard") return guarded ? ") IS TRUE" : "";
     if (piece.slot === "open") return "(";
     const cond = `${piece.column} IN (SELECT k."p${piece.key}" FROM ${touched} k)`;
     return piece.slot === "and" ? `) AND ${cond}` : ` WHERE ${cond}`;
