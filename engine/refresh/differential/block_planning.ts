@@ -12,7 +12,8 @@ import { type BlockData, type RefData, type Segment, type SourceData, unsupporte
 import { subqueryInFromReason } from "./flatten.ts";
 import type { FunctionFacts } from "./functions.ts";
 import { child, CLAUSE_END, funcName, list, names, type Node, type QueryText, walk } from "./query_reading.ts";
-import { planPartition, rowPartition } from "./partition_planning.ts";
+import { planPartition } from "./partition_planning.ts";
+import { rowPartition } from "./row_planning.ts";
 import { algebraicPlan } from "./strategies/algebraic.ts";
 
 export interface BlockInput {

@@ -26,8 +26,8 @@
  *
  * This is the folder's one public module. Inside: query_reading.ts (parse tree and tokens), flatten.ts and
  * flatten_merge.ts (WITH queries and simple subqueries in FROM rewritten away before planning), planning.ts,
- * block_planning.ts, partition_planning.ts and sublink_planning.ts (what is supported, and how), functions.ts (what
- * the query's functions allow), diff_plan.ts (the stored plan), delta_sql.ts, strategies/ and set_operations.ts (the
+ * block_planning.ts, partition_planning.ts, sublink_planning.ts, row_planning.ts and topk_planning.ts (what is
+ * supported, and how), functions.ts (what the query's functions allow), diff_plan.ts (the stored plan), delta_sql.ts, strategies/ and set_operations.ts (the
  * SQL, free of any apply step), apply.ts (running it).
  */
 export { applyDifferential, type ApplyOptions, type ApplyResult } from "./apply.ts";
