@@ -185,14 +185,23 @@ async function tableReferences(
     if (kind === "JoinExpr" && (node["isNatural"] === true || list(node, "usingClause").length > 0)) usingJoin = true;
   });
   rangeVars.sort((a, b) => Number(a["location"]) - Number(b["location"]));
+  return { rangeVars, ...await resolveRefs(sql, rangeVars, args.input), usingJoin };
+}
+
+/** Each table reference resolved (resolveRef), in order, with the columns it exposes. */
+export async function resolveRefs(
+  sql: Sql | Tx,
+  rangeVars: Node[],
+  input: BlockInput,
+): Promise<{ refs: RefData[]; refColumns: RefColumns[] }> {
   const refs: RefData[] = [];
   const refColumns: RefColumns[] = [];
   for (const rv of rangeVars) {
-    const r = await resolveRef(sql, rv, args.input);
+    const r = await resolveRef(sql, rv, input);
     refs.push(r.ref);
     refColumns.push({ exposed: r.ref.exposed, columns: r.columns });
   }
-  return { rangeVars, refs, refColumns, usingJoin };
+  return { refs, refColumns };
 }
 
 /** Cuts FROM, WHERE, GROUP BY and HAVING out of the query text at the scanner's tokens. */

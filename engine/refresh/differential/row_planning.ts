@@ -4,7 +4,7 @@
  * conjuncts holding them (docs/differential.md, "Aggregates over rows").
  */
 import type { Sql, Tx } from "../../../db/pool.ts";
-import { resolveRef } from "./block_planning.ts";
+import { resolveRefs } from "./block_planning.ts";
 import { type PartitionData, type RefData, Unsupported, type WherePiece } from "./diff_plan.ts";
 import { type PartitionInput, windowCalls } from "./partition_planning.ts";
 import { child, CLAUSE_END, list, type Node, walk } from "./query_reading.ts";
@@ -49,7 +49,7 @@ export async function rowPartition(
   const nullable = new Set(partition.nullable);
   const keys = block.refs.flatMap((r, i) => (nullable.has(i) ? [] : r.key));
   if (keys.length === 0) return null;
-  const refs: RefData[] = [];
+  let refs: RefData[] = [];
   let where: WherePiece[] = [];
   if (block.where !== null) {
     const rangeVars: Node[] = [];
@@ -57,14 +57,12 @@ export async function rowPartition(
       if (kind === "RangeVar") rangeVars.push(n);
     });
     rangeVars.sort((a, b) => Number(a["location"]) - Number(b["location"]));
-    for (const rv of rangeVars) {
-      try {
-        refs.push((await resolveRef(sql, rv, args.input)).ref);
-      } catch (e) {
-        // A WITH query's name inside a subquery, say: its state at the frontier cannot be written.
-        if (e instanceof Unsupported) return null;
-        throw e;
-      }
+    try {
+      refs = (await resolveRefs(sql, rangeVars, args.input)).refs;
+    } catch (e) {
+      // A WITH query's name inside a subquery, say: its state at the frontier cannot be written.
+      if (e instanceof Unsupported) return null;
+      throw e;
     }
     const pieces = wherePieces(args, { sites: planned.sites, keys, rangeVars, guards: true });
     if (pieces === null) return null;

@@ -7,8 +7,8 @@ import { parseSync } from "libpg-query";
 import type { Sql, Tx } from "../../../db/pool.ts";
 import { quoteIdent } from "../../../db/identifiers.ts";
 import type { Clauses, RefColumns } from "./block_planning.ts";
-import { cutClauses, resolveRef } from "./block_planning.ts";
-import { type RefData, type SublinkData, Unsupported } from "./diff_plan.ts";
+import { cutClauses, resolveRef, resolveRefs } from "./block_planning.ts";
+import { type SublinkData, Unsupported } from "./diff_plan.ts";
 import type { PartitionInput } from "./partition_planning.ts";
 import { child, CLAUSE_END, list, names, type Node, QueryText, walk } from "./query_reading.ts";
 
@@ -159,13 +159,7 @@ export async function planSublink(
     await touchAllUnder(sub);
     return null;
   }
-  const refs: RefData[] = [];
-  const refColumns: RefColumns[] = [];
-  for (const rv of rangeVars) {
-    const r = await resolveRef(sql, rv, args.input);
-    refs.push(r.ref);
-    refColumns.push({ exposed: r.ref.exposed, columns: r.columns });
-  }
+  const { refs, refColumns } = await resolveRefs(sql, rangeVars, args.input);
   const kept = conjuncts(clauses.where).filter((c) => !expressionRefs(c, refColumns).sublink).map((c) => `(${c})`);
   const match = inMatch(sublink, { sub, outer: args.refColumns, inner: refColumns, positive: ctx.positive });
   if (match !== null) kept.push(match);
